@@ -124,5 +124,6 @@ extern const char cli_exit_help[];
 
 int cli_cmd_subjects(int argc, char **argv);
 int cli_cmd_validate(int argc, char **argv);
+int cli_cmd_dlq(int argc, char **argv);
 
 #endif

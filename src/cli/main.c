@@ -28,6 +28,7 @@ const char cli_exit_help[] =
 static const cli_command top_commands[] = {
     {"subjects", "list, build and check NATS subjects and subscription patterns", cli_cmd_subjects},
     {"validate", "validate a chat or event message against its schema", cli_cmd_validate},
+    {"dlq", "inspect, replay and purge a dead letter queue directory", cli_cmd_dlq},
 };
 
 static const char top_footer[] =

@@ -32,56 +32,8 @@ fi
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/mudbus-cli-test.XXXXXX") || exit 2
 trap 'rm -rf "$TMP"' EXIT
 
-pass=0
-fail=0
-STDIN=/dev/null
-
-# t DESCRIPTION WANT_RC STDOUT_REGEX STDERR_REGEX -- COMMAND...
-# Runs COMMAND with stdin from $STDIN. Empty regexes are not checked.
-t() {
-    local desc=$1 want=$2 out_re=$3 err_re=$4
-    shift 5
-    local rc=0 why=""
-    "$@" <"$STDIN" >"$TMP/out" 2>"$TMP/err" || rc=$?
-    if [ "$rc" -ne "$want" ]; then
-        why="exit status $rc, want $want"
-    elif grep -Eq 'Sanitizer|runtime error:' "$TMP/err"; then
-        why="sanitizer report on stderr"
-    elif [ -n "$out_re" ] && ! grep -Eq -- "$out_re" "$TMP/out"; then
-        why="stdout does not match /$out_re/"
-    elif [ -n "$err_re" ] && ! grep -Eq -- "$err_re" "$TMP/err"; then
-        why="stderr does not match /$err_re/"
-    elif [ "$want" -eq 0 ] && [ -s "$TMP/err" ]; then
-        why="stderr not empty on success"
-    elif [ "$want" -ne 0 ] && ! head -n 1 "$TMP/err" | grep -q '^mudbus: .'; then
-        why="stderr does not start with 'mudbus: <reason>'"
-    elif [ "$want" -ne 0 ] && [ -s "$TMP/out" ]; then
-        why="stdout not empty on a refusal"
-    fi
-    if [ -z "$why" ]; then
-        pass=$((pass + 1))
-        echo "ok   - $desc"
-    else
-        fail=$((fail + 1))
-        echo "FAIL - $desc: $why"
-        echo "       command: $*"
-        sed -n '1,8s/^/       stdout| /p' "$TMP/out"
-        sed -n '1,8s/^/       stderr| /p' "$TMP/err"
-    fi
-}
-
-# check DESCRIPTION CONDITION...: a plain assertion on earlier output.
-check() {
-    local desc=$1
-    shift
-    if "$@"; then
-        pass=$((pass + 1))
-        echo "ok   - $desc"
-    else
-        fail=$((fail + 1))
-        echo "FAIL - $desc"
-    fi
-}
+# shellcheck source=tests/cli/harness.sh
+. "$(dirname "$0")/harness.sh"
 
 repeat() { # repeat CHAR COUNT
     head -c "$2" /dev/zero | tr '\0' "$1"
@@ -329,5 +281,4 @@ check "validate --help documents --subject" grep -q -- '--subject SUBJECT' "$TMP
 t "validate -h" 0 '^Usage: mudbus validate ' '' -- "$M" validate -h
 t "validate a file named after --" 0 '^ok: chat$' '' -- "$M" validate -- "$SAMPLES/chat.json"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish
