@@ -1,0 +1,907 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Integration tests of mb_client against a real nats-server (tests/support
+ * natsrv): publish/subscribe with validation and the DLQ, ordering across a
+ * pool, request/reply, unsubscribe, queue groups, poll mode, partial pool
+ * and repair, server restart with retries, SIGSTOP degradation, slow
+ * consumers, connection failures. Every wait polls a condition with a
+ * deadline; no sleep decides an outcome.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <nats/nats.h>
+
+#include "mudbus/client.h"
+#include "natsrv.h"
+
+/* ---- helpers ---- */
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000u, .tv_nsec = (long)(ms % 1000u) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Poll `cond(arg)` every 5 ms for up to `ms`. */
+static bool wait_for(bool (*cond)(void *), void *arg, unsigned ms)
+{
+    uint64_t end = now_ms() + ms;
+    while (!cond(arg)) {
+        if (now_ms() > end)
+            return cond(arg);
+        sleep_ms(5);
+    }
+    return true;
+}
+
+#define MAXREC 4096
+typedef struct rec {
+    pthread_mutex_t lock;
+    _Atomic int count;
+    int seq[MAXREC]; /* event_data.n of each message, in arrival order */
+    char last[512];
+    unsigned delay_ms; /* slow handler */
+    pthread_t thread;
+} rec;
+
+static void rec_init(rec *r)
+{
+    memset(r, 0, sizeof *r);
+    pthread_mutex_init(&r->lock, NULL);
+}
+
+static mb_handled rec_handler(void *ctx, const mb_msg *m)
+{
+    rec *r = ctx;
+    pthread_mutex_lock(&r->lock);
+    int n = atomic_load(&r->count);
+    const char *p = strstr(m->data, "\"n\":");
+    if (n < MAXREC)
+        r->seq[n] = p ? atoi(p + 4) : -1;
+    snprintf(r->last, sizeof r->last, "%s", m->data);
+    r->thread = pthread_self();
+    assert_int_equal(m->data[m->len], '\0');
+    atomic_store(&r->count, n + 1);
+    pthread_mutex_unlock(&r->lock);
+    if (r->delay_ms)
+        sleep_ms(r->delay_ms);
+    return MB_HANDLED_OK;
+}
+
+typedef struct evrec {
+    pthread_mutex_t lock;
+    int by_type[16];
+    mb_conn_state last_state;
+    int states_seen[MB_CONN_STATE_COUNT];
+    char last_text[16][256];
+    pthread_t thread;
+} evrec;
+
+static evrec EV;
+
+static void ev_listener(void *ctx, const mb_client_event *ev)
+{
+    evrec *e = ctx;
+    pthread_mutex_lock(&e->lock);
+    e->by_type[ev->type]++;
+    snprintf(e->last_text[ev->type], sizeof e->last_text[ev->type], "%s", ev->text);
+    if (ev->type == MB_CLIENT_EV_STATE) {
+        e->last_state = ev->to;
+        e->states_seen[ev->to]++;
+    }
+    e->thread = pthread_self();
+    pthread_mutex_unlock(&e->lock);
+}
+
+static int ev_count(mb_client_event_type t)
+{
+    pthread_mutex_lock(&EV.lock);
+    int n = EV.by_type[t];
+    pthread_mutex_unlock(&EV.lock);
+    return n;
+}
+
+static void log_line(void *ctx, const char *line)
+{
+    (void)ctx;
+    if (getenv("MB_TEST_VERBOSE"))
+        fprintf(stderr, "  [client] %s\n", line);
+}
+
+typedef struct fixture {
+    natsrv *srv;
+    mb_client *c;
+    mb_dlq *dlq;
+    char dlqdir[64];
+} fixture;
+
+static fixture F;
+
+static void base_opts(mb_client_opts *o, const char *url)
+{
+    mb_client_opts_default(o);
+    o->servers[0] = url;
+    o->name = "test";
+    o->reconnect_wait_ms = 100;
+    o->reconnect_jitter_ms = 20;
+    o->connect_timeout_ms = 1000;
+    o->dlq = F.dlq;
+    o->log = log_line;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    memset(&F, 0, sizeof F);
+    memset(&EV, 0, sizeof EV);
+    pthread_mutex_init(&EV.lock, NULL);
+    snprintf(F.dlqdir, sizeof F.dlqdir, "/tmp/mbclient-dlq-XXXXXX");
+    if (!mkdtemp(F.dlqdir))
+        return -1;
+    mb_dlq_opts dopts = {.create = true};
+    if (mb_dlq_open(F.dlqdir, &dopts, &F.dlq, NULL) != MB_OK)
+        return -1;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    mb_client_destroy(F.c);
+    F.c = NULL;
+    mb_dlq_close(F.dlq, NULL);
+    natsrv_destroy(F.srv);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", F.dlqdir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cannot remove %s\n", F.dlqdir);
+    return 0;
+}
+
+static void start_server(const natsrv_opts *o)
+{
+    assert_int_equal(natsrv_start(o, &F.srv), 0);
+}
+
+static void create_client(mb_client_opts *o)
+{
+    mb_err err = {0};
+    mb_status st = mb_client_create(o, &F.c, &err);
+    if (st != MB_OK)
+        fail_msg("mb_client_create: %s: %s", mb_status_name(st), err.msg);
+    assert_int_equal(mb_client_listen(F.c, ev_listener, &EV, NULL), MB_OK);
+}
+
+static size_t dlq_depth(void)
+{
+    mb_dlq_flush(F.dlq, NULL);
+    mb_dlq_stats s;
+    mb_dlq_stats_get(F.dlq, &s);
+    return (size_t)s.depth;
+}
+
+static const char *event_json(char *buf, size_t cap, int n)
+{
+    snprintf(buf, cap,
+             "{\"message_id\":\"m%d\",\"timestamp\":\"2026-01-13T10:00:00Z\","
+             "\"event_type\":\"tick\",\"event_data\":{\"n\":%d}}",
+             n, n);
+    return buf;
+}
+
+static mb_status pub_event(const char *subject, int n, mb_publish_disposition *d, mb_err *err)
+{
+    char buf[256];
+    event_json(buf, sizeof buf, n);
+    return mb_client_publish(F.c, subject, buf, strlen(buf), NULL, d, err);
+}
+
+typedef struct count_at_least {
+    _Atomic int *v;
+    int n;
+} count_at_least;
+
+static bool cond_count(void *arg)
+{
+    count_at_least *c = arg;
+    return atomic_load(c->v) >= c->n;
+}
+
+static bool wait_count(_Atomic int *v, int n, unsigned ms)
+{
+    count_at_least c = {v, n};
+    return wait_for(cond_count, &c, ms);
+}
+
+static bool cond_ev(void *arg)
+{
+    const int *want = arg; /* {type, count} */
+    return ev_count((mb_client_event_type)want[0]) >= want[1];
+}
+
+static bool wait_event(mb_client_event_type t, int n, unsigned ms)
+{
+    int want[2] = {(int)t, n};
+    return wait_for(cond_ev, want, ms);
+}
+
+static bool cond_state(void *arg)
+{
+    mb_client_health h;
+    mb_client_health_get(F.c, &h);
+    return h.state == *(mb_conn_state *)arg;
+}
+
+static bool wait_state(mb_conn_state s, unsigned ms)
+{
+    return wait_for(cond_state, &s, ms);
+}
+
+/* ---- tests ---- */
+
+static void test_roundtrip_validation_dlq(void **state)
+{
+    (void)state;
+    start_server(NULL);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    create_client(&o);
+
+    rec r;
+    rec_init(&r);
+    mb_sub_id id = 0;
+    assert_int_equal(mb_client_subscribe(F.c, "chat.say.room.*", NULL, rec_handler, &r, &id, NULL),
+                     MB_OK);
+    assert_true(id != 0);
+    assert_int_equal(mb_client_flush(F.c, 2000, NULL), MB_OK);
+
+    /* A typed chat message arrives. */
+    mb_chat_msg m = {.sender_id = "p1",
+                     .sender_name = "Armitage",
+                     .channel = MB_CHANNEL_SAY,
+                     .content = "hello library",
+                     .room_id = "earth_arkham_city_library"};
+    mb_publish_disposition d = MB_PUB_DROPPED;
+    mb_err err = {0};
+    assert_int_equal(
+        mb_client_publish_chat(F.c, "chat.say.room.earth_arkham_city_library", &m, NULL, &d, &err),
+        MB_OK);
+    assert_int_equal(d, MB_PUB_SENT);
+    assert_true(wait_count(&r.count, 1, 5000));
+    assert_non_null(strstr(r.last, "hello library"));
+
+    /* An invalid payload is refused at publish and never sent. */
+    const char *bad = "{\"message_id\":\"x\",\"content\":\"no sender\"}";
+    mb_err_clear(&err);
+    assert_int_equal(mb_client_publish(F.c, "chat.say.room.r1", bad, strlen(bad), NULL, &d, &err),
+                     MB_ESCHEMA);
+    assert_int_equal(d, MB_PUB_REFUSED);
+    assert_true(err.msg[0] != '\0');
+    /* So is an unknown subject and a subject with an injected token. */
+    mb_err_clear(&err);
+    assert_int_equal(mb_client_publish(F.c, "chat.nope", "{}", 2, NULL, &d, &err), MB_ESUBJECT);
+    assert_int_equal(mb_client_publish(F.c, "chat.say.room.*", "{}", 2, NULL, &d, NULL),
+                     MB_ESUBJECT);
+
+    /* A raw invalid message published with plain nats.c goes to the DLQ and
+     * the handler never sees it; a valid message after it still arrives. */
+    natsConnection *raw = NULL;
+    assert_int_equal(natsConnection_ConnectTo(&raw, natsrv_url(F.srv)), NATS_OK);
+    assert_int_equal(natsConnection_PublishString(raw, "chat.say.room.r1", bad), NATS_OK);
+    assert_int_equal(natsConnection_PublishString(raw, "chat.say.room.r1", "not json"), NATS_OK);
+    assert_int_equal(natsConnection_Flush(raw), NATS_OK);
+    natsConnection_Destroy(raw);
+    assert_int_equal(
+        mb_client_publish_chat(F.c, "chat.say.room.earth_arkham_city_library", &m, NULL, &d, NULL),
+        MB_OK);
+    assert_true(wait_count(&r.count, 2, 5000));
+    assert_true(wait_event(MB_CLIENT_EV_DEAD_LETTERED, 2, 5000));
+    assert_int_equal(atomic_load(&r.count), 2);
+    assert_int_equal(dlq_depth(), 2);
+
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(mb_client_metrics(F.c, &text, &len, NULL), MB_OK);
+    assert_non_null(strstr(text, "mudbus_client_invalid_total{client=\"test\"} 2"));
+    assert_non_null(strstr(text, "mudbus_client_publish_refused_total{client=\"test\"} 3"));
+    assert_non_null(strstr(text, "mudbus_client_pool_size{client=\"test\"} 2"));
+    assert_non_null(strstr(text, "mudbus_client_published_total{client=\"test\",conn=\""));
+    free(text);
+}
+
+typedef struct order_ctx {
+    rec r[4];
+} order_ctx;
+
+static void test_ordering_pool4(void **state)
+{
+    (void)state;
+    start_server(NULL);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    o.pool_size = 4;
+    create_client(&o);
+    static order_ctx oc;
+    const char *subjects[4] = {"events.player_entered.a", "events.player_entered.b",
+                               "events.player_left.c", "events.game_tick"};
+    for (int s = 0; s < 4; s++) {
+        rec_init(&oc.r[s]);
+        assert_int_equal(
+            mb_client_subscribe(F.c, subjects[s], NULL, rec_handler, &oc.r[s], NULL, NULL), MB_OK);
+    }
+    assert_int_equal(mb_client_flush(F.c, 2000, NULL), MB_OK);
+    const int N = 1000;
+    for (int i = 0; i < N; i++)
+        for (int s = 0; s < 4; s++)
+            assert_int_equal(pub_event(subjects[s], i, NULL, NULL), MB_OK);
+    assert_int_equal(mb_client_flush(F.c, 5000, NULL), MB_OK);
+    for (int s = 0; s < 4; s++) {
+        assert_true(wait_count(&oc.r[s].count, N, 5000));
+        for (int i = 0; i < N; i++)
+            assert_int_equal(oc.r[s].seq[i], i);
+    }
+    /* The load was spread over the pool. */
+    char *text = NULL;
+    assert_int_equal(mb_client_metrics(F.c, &text, NULL, NULL), MB_OK);
+    int used = 0;
+    for (int k = 0; k < 4; k++) {
+        char key[128];
+        snprintf(key, sizeof key, "mudbus_client_published_total{client=\"test\",conn=\"%d\"} 0\n",
+                 k);
+        used += strstr(text, key) == NULL;
+    }
+    free(text);
+    assert_true(used >= 2);
+}
+
+static mb_handled responder(void *ctx, const mb_msg *m)
+{
+    mb_client *c = ctx;
+    assert_int_equal(mb_client_respond(c, m, "{\"pong\":1}", 10, NULL), MB_OK);
+    return MB_HANDLED_OK;
+}
+
+static mb_handled silent(void *ctx, const mb_msg *m)
+{
+    (void)m;
+    atomic_fetch_add((_Atomic int *)ctx, 1);
+    return MB_HANDLED_OK;
+}
+
+static void test_request_reply(void **state)
+{
+    (void)state;
+    start_server(NULL);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    create_client(&o);
+    static _Atomic int silent_calls;
+    atomic_store(&silent_calls, 0);
+    assert_int_equal(
+        mb_client_subscribe(F.c, "events.domain.ping", NULL, responder, F.c, NULL, NULL), MB_OK);
+    assert_int_equal(
+        mb_client_subscribe(F.c, "events.domain.sleepy", NULL, silent, &silent_calls, NULL, NULL),
+        MB_OK);
+    assert_int_equal(mb_client_flush(F.c, 2000, NULL), MB_OK);
+    char buf[256];
+    event_json(buf, sizeof buf, 1);
+    mb_reply *rep = NULL;
+    mb_err err = {0};
+    assert_int_equal(
+        mb_client_request(F.c, "events.domain.ping", buf, strlen(buf), 2000, &rep, &err), MB_OK);
+    assert_string_equal(rep->data, "{\"pong\":1}");
+    assert_int_equal(rep->len, 10);
+    mb_client_reply_free(rep);
+
+    uint64_t t0 = now_ms();
+    mb_err_clear(&err);
+    assert_int_equal(
+        mb_client_request(F.c, "events.domain.sleepy", buf, strlen(buf), 300, &rep, &err),
+        MB_ETIMEOUT);
+    assert_true(now_ms() - t0 >= 250);
+    assert_null(rep);
+    assert_int_equal(atomic_load(&silent_calls), 1);
+
+    mb_err_clear(&err);
+    assert_int_equal(
+        mb_client_request(F.c, "events.domain.nobody", buf, strlen(buf), 2000, &rep, &err),
+        MB_ENORESPONDERS);
+    assert_non_null(strstr(err.msg, "no responders"));
+    /* Requests are validated like publishes. */
+    assert_int_equal(mb_client_request(F.c, "events.domain.ping", "{}", 2, 2000, &rep, NULL),
+                     MB_ESCHEMA);
+    /* A message without a reply subject cannot be answered. */
+    mb_msg m = {.subject = "events.game_tick", .reply = NULL, .data = "{}", .len = 2};
+    assert_int_equal(mb_client_respond(F.c, &m, "x", 1, NULL), MB_EINVAL);
+}
+
+static void test_unsubscribe(void **state)
+{
+    (void)state;
+    start_server(NULL);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    create_client(&o);
+    rec a, b;
+    rec_init(&a);
+    rec_init(&b);
+    mb_sub_id ida = 0, idb = 0;
+    assert_int_equal(
+        mb_client_subscribe(F.c, "events.game_tick", NULL, rec_handler, &a, &ida, NULL), MB_OK);
+    assert_int_equal(
+        mb_client_subscribe(F.c, "events.game_tick", NULL, rec_handler, &b, &idb, NULL), MB_OK);
+    assert_true(ida != idb);
+    assert_int_equal(mb_client_flush(F.c, 2000, NULL), MB_OK);
+    assert_int_equal(pub_event("events.game_tick", 1, NULL, NULL), MB_OK);
+    assert_true(wait_count(&a.count, 1, 5000));
+    assert_true(wait_count(&b.count, 1, 5000));
+    assert_int_equal(mb_client_unsubscribe(F.c, ida, NULL), MB_OK);
+    mb_err err = {0};
+    assert_int_equal(mb_client_unsubscribe(F.c, ida, &err), MB_ENOTFOUND);
+    assert_int_equal(mb_client_unsubscribe(F.c, 987654, NULL), MB_ENOTFOUND);
+    for (int i = 2; i <= 20; i++)
+        assert_int_equal(pub_event("events.game_tick", i, NULL, NULL), MB_OK);
+    /* b is the barrier: once it has everything, a would have had it too. */
+    assert_true(wait_count(&b.count, 20, 5000));
+    assert_int_equal(atomic_load(&a.count), 1);
+    /* Refused patterns. */
+    assert_int_equal(mb_client_subscribe(F.c, ">", NULL, rec_handler, &a, NULL, NULL), MB_ESUBJECT);
+    assert_int_equal(mb_client_subscribe(F.c, "chat.*.*.*", NULL, rec_handler, &a, NULL, NULL),
+                     MB_ESUBJECT);
+}
+
+static void test_queue_group(void **state)
+{
+    (void)state;
+    start_server(NULL);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    o.pool_size = 1;
+    create_client(&o);
+    rec a, b;
+    rec_init(&a);
+    rec_init(&b);
+    assert_int_equal(
+        mb_client_subscribe(F.c, "events.domain.*", "workers", rec_handler, &a, NULL, NULL), MB_OK);
+    assert_int_equal(
+        mb_client_subscribe(F.c, "events.domain.*", "workers", rec_handler, &b, NULL, NULL), MB_OK);
+    assert_int_equal(mb_client_flush(F.c, 2000, NULL), MB_OK);
+    const int N = 400;
+    for (int i = 0; i < N; i++)
+        assert_int_equal(pub_event("events.domain.job", i, NULL, NULL), MB_OK);
+    _Atomic int total;
+    uint64_t end = now_ms() + 5000;
+    do {
+        atomic_store(&total, atomic_load(&a.count) + atomic_load(&b.count));
+        if (atomic_load(&total) >= N)
+            break;
+        sleep_ms(5);
+    } while (now_ms() < end);
+    assert_int_equal(atomic_load(&total), N);
+    assert_true(atomic_load(&a.count) > 0 && atomic_load(&b.count) > 0);
+    /* Each message once: no duplicates across the two members. */
+    static char seen[400];
+    memset(seen, 0, sizeof seen);
+    for (int i = 0; i < atomic_load(&a.count); i++)
+        seen[a.seq[i]]++;
+    for (int i = 0; i < atomic_load(&b.count); i++)
+        seen[b.seq[i]]++;
+    for (int i = 0; i < N; i++)
+        assert_int_equal(seen[i], 1);
+    sleep_ms(100); /* nothing more arrives (no redelivery) */
+    assert_int_equal(atomic_load(&a.count) + atomic_load(&b.count), N);
+}
+
+static void test_poll_mode(void **state)
+{
+    (void)state;
+    start_server(NULL);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    o.poll_mode = true;
+    create_client(&o);
+    int fd = mb_client_fd(F.c);
+    assert_true(fd >= 0);
+    rec r;
+    rec_init(&r);
+    assert_int_equal(
+        mb_client_subscribe(F.c, "events.game_tick", NULL, rec_handler, &r, NULL, NULL), MB_OK);
+    assert_int_equal(mb_client_flush(F.c, 2000, NULL), MB_OK);
+    const int N = 300;
+    for (int i = 0; i < N; i++)
+        assert_int_equal(pub_event("events.game_tick", i, NULL, NULL), MB_OK);
+    /* Nothing runs until we dispatch. */
+    sleep_ms(50);
+    assert_int_equal(atomic_load(&r.count), 0);
+    uint64_t end = now_ms() + 5000;
+    size_t bounded_ran = 0;
+    assert_int_equal(mb_client_dispatch(F.c, 7, &bounded_ran), MB_OK);
+    assert_true(bounded_ran <= 7);
+    while (atomic_load(&r.count) < N && now_ms() < end) {
+        int t = mb_client_timeout_ms(F.c);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int rc = poll(&p, 1, t < 0 || t > 100 ? 100 : t);
+        assert_true(rc >= 0);
+        size_t ran = 0;
+        assert_int_equal(mb_client_dispatch(F.c, 0, &ran), MB_OK);
+    }
+    assert_int_equal(atomic_load(&r.count), N);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(r.seq[i], i);
+    /* Handlers and listeners ran on this thread. */
+    assert_true(pthread_equal(r.thread, pthread_self()));
+    pthread_mutex_lock(&EV.lock);
+    int states = EV.by_type[MB_CLIENT_EV_STATE];
+    pthread_t evt = EV.thread;
+    pthread_mutex_unlock(&EV.lock);
+    if (states > 0)
+        assert_true(pthread_equal(evt, pthread_self()));
+    /* Not in poll mode: dispatch refuses. */
+    mb_client *c2 = NULL;
+    base_opts(&o, natsrv_url(F.srv));
+    o.name = "other";
+    assert_int_equal(mb_client_create(&o, &c2, NULL), MB_OK);
+    assert_int_equal(mb_client_fd(c2), -1);
+    assert_int_equal(mb_client_dispatch(c2, 0, NULL), MB_ESTATE);
+    mb_client_destroy(c2);
+}
+
+static bool cond_live3(void *arg)
+{
+    (void)arg;
+    mb_client_health h;
+    mb_client_health_get(F.c, &h);
+    return h.live == 3;
+}
+
+static void test_partial_pool_repair(void **state)
+{
+    (void)state;
+    natsrv_opts so = {.extra_conf = "max_connections: 3"};
+    start_server(&so);
+    natsConnection *blocker = NULL;
+    assert_int_equal(natsConnection_ConnectTo(&blocker, natsrv_url(F.srv)), NATS_OK);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    o.pool_size = 3;
+    o.reconnect_wait_ms = 100;
+    create_client(&o);
+    mb_client_health h;
+    mb_client_health_get(F.c, &h);
+    assert_int_equal(h.pool_size, 3);
+    assert_int_equal(h.live, 2);
+    assert_int_equal(h.state, MB_CONN_CONNECTED);
+    /* Publishing works on the live ones meanwhile. */
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(pub_event("events.game_tick", i, NULL, NULL), MB_OK);
+    natsConnection_Destroy(blocker);
+    assert_true(wait_for(cond_live3, NULL, 5000));
+    assert_true(wait_event(MB_CLIENT_EV_POOL, 1, 5000));
+    char *text = NULL;
+    assert_int_equal(mb_client_metrics(F.c, &text, NULL, NULL), MB_OK);
+    assert_non_null(strstr(text, "mudbus_client_pool_live{client=\"test\"} 3"));
+    assert_non_null(strstr(text, "mudbus_client_repairs_total{client=\"test\"} 1"));
+    free(text);
+}
+
+static void test_restart_retries_accounted(void **state)
+{
+    (void)state;
+    start_server(NULL);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    /* One connection: nats.c resubscribes before it reports the connection
+     * as connected again, so retries cannot overtake the resubscription. */
+    o.pool_size = 1;
+    o.retry.max_attempts = 100;
+    o.retry.base_delay_ms = 20;
+    o.retry.max_delay_ms = 200;
+    o.retry.deadline_ms = 20000;
+    o.breaker.failure_rate_pct = MB_BREAKER_OFF;
+    /* The default budget (500 tokens) rightly stops retrying 40 messages
+     * every few ms during an outage; this test wants them all through. */
+    o.budget.max_tokens = 1000000;
+    create_client(&o);
+    rec r;
+    rec_init(&r);
+    assert_int_equal(
+        mb_client_subscribe(F.c, "events.game_tick", NULL, rec_handler, &r, NULL, NULL), MB_OK);
+    assert_int_equal(mb_client_flush(F.c, 2000, NULL), MB_OK);
+    const int N = 60;
+    int sent = 0, retrying = 0, dead = 0, refused = 0;
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(pub_event("events.game_tick", i, NULL, NULL), MB_OK);
+        sent++;
+    }
+    assert_true(wait_count(&r.count, 20, 5000));
+
+    assert_int_equal(natsrv_stop(F.srv), 0);
+    assert_true(wait_event(MB_CLIENT_EV_DISCONNECTED, 1, 5000));
+    assert_true(wait_state(MB_CONN_RECONNECTING, 5000));
+    for (int i = 20; i < N; i++) {
+        mb_publish_disposition d;
+        mb_err err = {0};
+        mb_status st = pub_event("events.game_tick", i, &d, &err);
+        if (st == MB_OK) {
+            sent++;
+            continue;
+        }
+        assert_true(mb_status_retryable(st));
+        if (d == MB_PUB_RETRYING)
+            retrying++;
+        else if (d == MB_PUB_DEAD_LETTERED)
+            dead++;
+        else
+            refused++;
+    }
+    assert_true(retrying > 0);
+    mb_client_health h;
+    mb_client_health_get(F.c, &h);
+    assert_true(h.retry_pending > 0);
+    assert_int_equal(h.live, 0);
+
+    assert_int_equal(natsrv_restart(F.srv), 0);
+    assert_true(wait_event(MB_CLIENT_EV_RECONNECTED, 1, 5000));
+    assert_true(wait_state(MB_CONN_CONNECTED, 5000));
+    /* Every message is delivered, or dead-lettered with a status. */
+    uint64_t end = now_ms() + 8000;
+    while (now_ms() < end && (size_t)atomic_load(&r.count) + dlq_depth() < (size_t)N)
+        sleep_ms(10);
+    assert_int_equal(refused, 0);
+    if ((size_t)atomic_load(&r.count) + dlq_depth() != (size_t)N) {
+        char *dbg = NULL;
+        mb_client_metrics(F.c, &dbg, NULL, NULL);
+        fprintf(stderr, "sent %d retrying %d dead %d delivered %d dlq %zu\n%s\n", sent, retrying,
+                dead, atomic_load(&r.count), dlq_depth(), dbg);
+        free(dbg);
+    }
+    assert_int_equal((size_t)atomic_load(&r.count) + dlq_depth(), N);
+    mb_client_health_get(F.c, &h);
+    assert_int_equal(h.retry_pending, 0);
+    /* With this policy, all of them got through. */
+    if (atomic_load(&r.count) != N) {
+        mb_dlq_entry *e = NULL;
+        mb_dlq_stats ds;
+        mb_dlq_stats_get(F.dlq, &ds);
+        if (mb_dlq_show(F.dlq, ds.next_id - 1, &e, NULL) == MB_OK) {
+            fprintf(stderr, "last DLQ entry: %s: %s\n", mb_status_name(e->error), e->error_message);
+            mb_dlq_entry_free(e);
+        }
+    }
+    assert_int_equal(atomic_load(&r.count), N);
+    pthread_mutex_lock(&EV.lock);
+    assert_true(EV.states_seen[MB_CONN_RECONNECTING] >= 1);
+    pthread_mutex_unlock(&EV.lock);
+}
+
+static void test_exhausted_to_dlq(void **state)
+{
+    (void)state;
+    start_server(NULL);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    o.pool_size = 1;
+    o.retry.max_attempts = 3;
+    o.retry.base_delay_ms = 10;
+    o.retry.max_delay_ms = 20;
+    create_client(&o);
+    assert_int_equal(natsrv_stop(F.srv), 0);
+    assert_true(wait_state(MB_CONN_RECONNECTING, 5000));
+    mb_publish_disposition d;
+    assert_int_equal(pub_event("events.game_tick", 1, &d, NULL), MB_ENOCONN);
+    assert_int_equal(d, MB_PUB_RETRYING);
+    /* no_retry: the caller is told, nothing is kept. */
+    mb_publish_opts po = {.no_retry = true};
+    char buf[256];
+    event_json(buf, sizeof buf, 2);
+    assert_int_equal(mb_client_publish(F.c, "events.game_tick", buf, strlen(buf), &po, &d, NULL),
+                     MB_ENOCONN);
+    assert_int_equal(d, MB_PUB_DROPPED);
+    assert_true(wait_event(MB_CLIENT_EV_DEAD_LETTERED, 1, 5000));
+    assert_int_equal(dlq_depth(), 1);
+    /* The entry says what happened. */
+    mb_dlq_entry *e = NULL;
+    mb_dlq_stats ds;
+    mb_dlq_stats_get(F.dlq, &ds);
+    assert_int_equal(mb_dlq_show(F.dlq, ds.next_id - 1, &e, NULL), MB_OK);
+    assert_string_equal(e->origin, "publish");
+    assert_int_equal(e->attempts, 3);
+    assert_int_equal(e->error, MB_ENOCONN);
+    assert_string_equal(e->subject, "events.game_tick");
+    mb_dlq_entry_free(e);
+}
+
+static void test_freeze_degraded(void **state)
+{
+    (void)state;
+    start_server(NULL);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    o.health_interval_ms = 200;
+    o.health_timeout_ms = 100;
+    o.health_failures = 2;
+    create_client(&o);
+    assert_true(wait_state(MB_CONN_CONNECTED, 2000));
+    /* A health round trip was measured. */
+    uint64_t end = now_ms() + 2000;
+    mb_client_health h;
+    do {
+        mb_client_health_get(F.c, &h);
+        if (h.last_rtt_us)
+            break;
+        sleep_ms(10);
+    } while (now_ms() < end);
+    assert_true(h.last_rtt_us > 0);
+    assert_int_equal(natsrv_freeze(F.srv), 0);
+    uint64_t t0 = now_ms();
+    bool degraded = wait_state(MB_CONN_DEGRADED, 3000);
+    uint64_t took = now_ms() - t0;
+    assert_int_equal(natsrv_thaw(F.srv), 0);
+    assert_true(degraded);
+    /* interval * failures plus the timeouts, with slack for a loaded box. */
+    assert_true(took < 2000);
+    mb_client_health_get(F.c, &h);
+    assert_int_equal(h.last_error, MB_ETIMEOUT);
+    assert_true(wait_state(MB_CONN_CONNECTED, 3000));
+    pthread_mutex_lock(&EV.lock);
+    assert_true(EV.states_seen[MB_CONN_DEGRADED] >= 1);
+    pthread_mutex_unlock(&EV.lock);
+    char *text = NULL;
+    assert_int_equal(mb_client_metrics(F.c, &text, NULL, NULL), MB_OK);
+    assert_non_null(strstr(text, "mudbus_client_health_rtt_seconds_count{client=\"test\"}"));
+    free(text);
+}
+
+static void test_slow_consumer(void **state)
+{
+    (void)state;
+    start_server(NULL);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    o.pool_size = 1;
+    o.sub_pending_msgs = 5;
+    create_client(&o);
+    rec r;
+    rec_init(&r);
+    r.delay_ms = 20;
+    assert_int_equal(
+        mb_client_subscribe(F.c, "events.game_tick", NULL, rec_handler, &r, NULL, NULL), MB_OK);
+    assert_int_equal(mb_client_flush(F.c, 2000, NULL), MB_OK);
+    for (int i = 0; i < 200; i++)
+        assert_int_equal(pub_event("events.game_tick", i, NULL, NULL), MB_OK);
+    assert_int_equal(mb_client_flush(F.c, 2000, NULL), MB_OK);
+    assert_true(wait_event(MB_CLIENT_EV_SLOW_CONSUMER, 1, 5000));
+    pthread_mutex_lock(&EV.lock);
+    assert_non_null(strstr(EV.last_text[MB_CLIENT_EV_SLOW_CONSUMER], "events.game_tick"));
+    pthread_mutex_unlock(&EV.lock);
+    r.delay_ms = 0;
+    char *text = NULL;
+    assert_int_equal(mb_client_metrics(F.c, &text, NULL, NULL), MB_OK);
+    assert_null(strstr(text, "mudbus_client_slow_consumer_total{client=\"test\"} 0\n"));
+    free(text);
+}
+
+static void test_no_server(void **state)
+{
+    (void)state;
+    /* A port where nothing listens: start and stop a server to find one. */
+    start_server(NULL);
+    char url[64];
+    snprintf(url, sizeof url, "%s", natsrv_url(F.srv));
+    assert_int_equal(natsrv_stop(F.srv), 0);
+    mb_client_opts o;
+    base_opts(&o, url);
+    o.connect_timeout_ms = 300;
+    mb_client *c = NULL;
+    mb_err err = {0};
+    assert_int_equal(mb_client_create(&o, &c, &err), MB_ENOCONN);
+    assert_null(c);
+    assert_non_null(strstr(err.msg, url));
+    /* start_disconnected: created, publishes wait for a connection (a
+     * patient retry policy, so that the retry outlasts the restart). */
+    o.start_disconnected = true;
+    o.retry.max_attempts = 100;
+    o.retry.base_delay_ms = 20;
+    o.retry.max_delay_ms = 100;
+    create_client(&o);
+    mb_client_health h;
+    mb_client_health_get(F.c, &h);
+    assert_int_equal(h.live, 0);
+    assert_int_equal(h.state, MB_CONN_CONNECTING);
+    mb_publish_disposition d;
+    mb_err_clear(&err);
+    assert_int_equal(pub_event("events.game_tick", 1, &d, &err), MB_ENOCONN);
+    assert_non_null(strstr(err.msg, "not yet connected"));
+    assert_int_equal(d, MB_PUB_RETRYING);
+    /* The server comes: the pool is repaired and the retry goes out. */
+    assert_int_equal(natsrv_restart(F.srv), 0);
+    assert_true(wait_state(MB_CONN_CONNECTED, 5000));
+    assert_true(wait_event(MB_CLIENT_EV_POOL, 1, 5000));
+    uint64_t end = now_ms() + 5000;
+    do {
+        mb_client_health_get(F.c, &h);
+        if (h.retry_pending == 0)
+            break;
+        sleep_ms(10);
+    } while (now_ms() < end);
+    assert_int_equal(h.retry_pending, 0);
+    assert_int_equal(dlq_depth(), 0);
+}
+
+static void test_bad_options(void **state)
+{
+    (void)state;
+    mb_client_opts o;
+    mb_client_opts_default(&o);
+    mb_client *c = NULL;
+    o.pool_size = 0;
+    assert_int_equal(mb_client_create(&o, &c, NULL), MB_EINVAL);
+    mb_client_opts_default(&o);
+    o.name = "bad name";
+    assert_int_equal(mb_client_create(&o, &c, NULL), MB_EINVAL);
+    mb_client_opts_default(&o);
+    o.auth.user = "u";
+    assert_int_equal(mb_client_create(&o, &c, NULL), MB_EINVAL);
+    assert_null(c);
+    mb_client_destroy(NULL);
+}
+
+static void test_auth_failure(void **state)
+{
+    (void)state;
+    natsrv_opts so = {.user = "alice", .password = "secret"};
+    start_server(&so);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    o.auth.user = "alice";
+    o.auth.password = "wrong";
+    mb_client *c = NULL;
+    mb_err err = {0};
+    assert_int_equal(mb_client_create(&o, &c, &err), MB_EAUTH);
+    assert_null(c);
+    o.auth.password = "secret";
+    create_client(&o);
+    assert_int_equal(pub_event("events.game_tick", 1, NULL, NULL), MB_OK);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bad_options),
+        cmocka_unit_test_setup_teardown(test_roundtrip_validation_dlq, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ordering_pool4, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_request_reply, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unsubscribe, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_group, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_poll_mode, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_partial_pool_repair, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_restart_retries_accounted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_exhausted_to_dlq, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_freeze_degraded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slow_consumer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_server, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_auth_failure, setup, teardown),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    nats_Close();
+    return rc;
+}
