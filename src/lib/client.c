@@ -430,7 +430,7 @@ mb_status mb_client_create(const mb_client_opts *opts, mb_client **out, mb_err *
     mb_connstate_transition(c->state, MB_CONN_CONNECTING, MB_OK, "starting", NULL);
     if ((st = mb__pool_start(c, err)) != MB_OK)
         goto fail;
-    mb__health_update_state(c, MB_ENOCONN, "not yet connected");
+    mb__health_update_state(c, MB_ENOCONN, "pool started");
     mb__health_start(c);
     if ((st = mb__thread_start(c, err)) != MB_OK)
         goto fail;
@@ -688,8 +688,13 @@ static void set_disp(mb_publish_disposition *d, mb_publish_disposition v)
         *d = v;
 }
 
-mb_status mb_client_publish(mb_client *c, const char *subject, const void *data, size_t len,
-                            const mb_publish_opts *popts, mb_publish_disposition *disp, mb_err *err)
+/* The pipeline. `encoded` is MB_SCHEMA_AUTO for caller bytes, which are
+ * validated against the subject's schema; for the output of this client's own
+ * encoder it names the encoder's kind: the encoder already applied every rule
+ * with the same mb_schema, so only the kind has to match the subject's. */
+static mb_status publish_impl(mb_client *c, const char *subject, const void *data, size_t len,
+                              mb_schema_kind encoded, const mb_publish_opts *popts,
+                              mb_publish_disposition *disp, mb_err *err)
 {
     set_disp(disp, MB_PUB_REFUSED);
     if (!c || !subject || (!data && len))
@@ -699,8 +704,12 @@ mb_status mb_client_publish(mb_client *c, const char *subject, const void *data,
     mb_status st = mb_subject_check(c->subjects, subject, slen, &info, NULL, err);
     if (st == MB_OK && len > c->max_payload)
         st = mb_err_set(err, MB_ETOOBIG, "payload of %zu bytes exceeds %zu", len, c->max_payload);
-    if (st == MB_OK)
+    if (st == MB_OK && encoded == MB_SCHEMA_AUTO)
         st = mb_schema_validate(c->schema, info.schema, data ? data : "", len, NULL, err);
+    else if (st == MB_OK && encoded != info.schema)
+        st = mb_err_set(err, MB_ESCHEMA, "a %s message cannot go to %s (pattern %s, schema %s)",
+                        mb_schema_kind_name(encoded), subject, info.name,
+                        mb_schema_kind_name(info.schema));
     if (st != MB_OK) {
         mb_counter_add(c->m_refused, 1);
         return st;
@@ -741,6 +750,12 @@ mb_status mb_client_publish(mb_client *c, const char *subject, const void *data,
     return st;
 }
 
+mb_status mb_client_publish(mb_client *c, const char *subject, const void *data, size_t len,
+                            const mb_publish_opts *popts, mb_publish_disposition *disp, mb_err *err)
+{
+    return publish_impl(c, subject, data, len, MB_SCHEMA_AUTO, popts, disp, err);
+}
+
 typedef mb_status (*encode_fn)(const mb_schema *, const void *, char *, size_t, size_t *, mb_err *);
 
 static mb_status enc_chat(const mb_schema *s, const void *m, char *b, size_t cap, size_t *n,
@@ -756,8 +771,8 @@ static mb_status enc_event(const mb_schema *s, const void *m, char *b, size_t ca
 }
 
 static mb_status publish_typed(mb_client *c, const char *subject, const void *msg, encode_fn enc,
-                               const mb_publish_opts *popts, mb_publish_disposition *disp,
-                               mb_err *err)
+                               mb_schema_kind kind, const mb_publish_opts *popts,
+                               mb_publish_disposition *disp, mb_err *err)
 {
     set_disp(disp, MB_PUB_REFUSED);
     if (!c || !subject || !msg)
@@ -767,7 +782,7 @@ static mb_status publish_typed(mb_client *c, const char *subject, const void *ms
     mb_err e = {0};
     mb_status st = enc(c->schema, msg, stackbuf, sizeof stackbuf, &n, &e);
     if (st == MB_OK)
-        return mb_client_publish(c, subject, stackbuf, n, popts, disp, err);
+        return publish_impl(c, subject, stackbuf, n, kind, popts, disp, err);
     if (st != MB_ENOSPC) {
         mb_counter_add(c->m_refused, 1);
         return mb_err_set(err, st, "%s", e.msg);
@@ -778,7 +793,7 @@ static mb_status publish_typed(mb_client *c, const char *subject, const void *ms
     mb_err_clear(&e);
     st = enc(c->schema, msg, heap, n + 1, &n, &e);
     if (st == MB_OK)
-        st = mb_client_publish(c, subject, heap, n, popts, disp, err);
+        st = publish_impl(c, subject, heap, n, kind, popts, disp, err);
     else
         mb_err_set(err, st, "%s", e.msg);
     free(heap);
@@ -789,14 +804,14 @@ mb_status mb_client_publish_chat(mb_client *c, const char *subject, const mb_cha
                                  const mb_publish_opts *popts, mb_publish_disposition *disp,
                                  mb_err *err)
 {
-    return publish_typed(c, subject, msg, enc_chat, popts, disp, err);
+    return publish_typed(c, subject, msg, enc_chat, MB_SCHEMA_CHAT, popts, disp, err);
 }
 
 mb_status mb_client_publish_event(mb_client *c, const char *subject, const mb_event_msg *msg,
                                   const mb_publish_opts *popts, mb_publish_disposition *disp,
                                   mb_err *err)
 {
-    return publish_typed(c, subject, msg, enc_event, popts, disp, err);
+    return publish_typed(c, subject, msg, enc_event, MB_SCHEMA_EVENT, popts, disp, err);
 }
 
 mb_status mb_client_flush(mb_client *c, uint64_t timeout_ms, mb_err *err)

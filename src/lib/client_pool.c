@@ -148,6 +148,18 @@ static mb_status connect_slot(mb_client *c, mb__conn *k, mb_err *err)
     natsStatus s = natsConnection_Connect(&nc, k->opts);
     if (s != NATS_OK) {
         mb_counter_add(c->m_connect_fail, 1);
+        /* With TLS 1.3 a server that wants a client certificate (or refuses
+         * the one given) closes the connection just after the handshake, and
+         * nats.c reports a protocol error ("Expected 'PONG', got ''"). It is a
+         * TLS configuration problem, not a reachability one: retrying cannot
+         * help. */
+        const char *last = nats_GetLastError(NULL);
+        if ((c->o.tls.enabled || any_tls_url(&c->o)) && s == NATS_PROTOCOL_ERROR && last &&
+            strstr(last, "Expected 'PONG', got ''") != NULL)
+            return mb_err_set(err, MB_ETLS,
+                              "connect: the server closed the connection right after the TLS "
+                              "handshake: it probably requires a client certificate "
+                              "(tls cert_file/key_file) or refused the one given");
         return mb__client_nats_err(s, err, "connect");
     }
     atomic_fetch_add(&c->conns_open, 1);
