@@ -52,6 +52,7 @@ typedef struct mb_histogram {
     _Atomic uint64_t buckets[MB_HIST_BUCKETS + 1]; /* per bucket, not cumulative */
     _Atomic uint64_t sum; /* wraps at 2^64 base units (584 years of nanoseconds) */
     double unit_scale; /* exposition multiplies values by this (1e-9: ns -> s) */
+    _Atomic uint32_t sample_mask; /* see mb_histogram_sample; 0: every call */
 } mb_histogram;
 
 static inline void mb_counter_add(mb_counter *c, uint64_t n)
@@ -81,6 +82,25 @@ static inline int64_t mb_gauge_get(const mb_gauge *g)
 
 /* Record one observation of `v` base units. */
 void mb_histogram_observe(mb_histogram *h, uint64_t v);
+
+/* Whether this call should be timed into `h`. Timing a hot path costs two
+ * clock reads; a histogram with sampling on (mb_metrics_set_timing_sample)
+ * times a random one call in N (a per-thread xorshift generator, so calls to
+ * several histograms in a fixed order are all sampled fairly) and the rest not
+ * at all. The observations are real timings either way; with sampling, the
+ * histogram's count is the number of sampled calls (use a counter for the
+ * number of calls). */
+static inline int mb_histogram_sample(mb_histogram *h)
+{
+    static _Thread_local uint32_t x = 2463534242u;
+    uint32_t mask = atomic_load_explicit(&h->sample_mask, memory_order_relaxed);
+    if (mask == 0)
+        return 1;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    return (x & mask) == 0;
+}
 
 /* A consistent-per-field copy of a histogram. */
 typedef struct mb_histogram_snapshot {
@@ -122,6 +142,11 @@ mb_status mb_metrics_gauge(mb_metrics *m, const char *name, const char *help, co
 mb_status mb_metrics_histogram(mb_metrics *m, const char *name, const char *help,
                                const char *labels, double unit_scale, mb_histogram **out,
                                mb_err *err);
+
+/* Time one call in `every_n` (a power of two, 1..1024; 1 = every call, the
+ * default) in every timing histogram of the registry (unit_scale 1e-9),
+ * those registered already and those registered later. MB_EINVAL otherwise. */
+mb_status mb_metrics_set_timing_sample(mb_metrics *m, uint32_t every_n, mb_err *err);
 
 /* Write the Prometheus text exposition (format 0.0.4) of every metric into a
  * new NUL-terminated string that the caller frees with free(). Histograms are

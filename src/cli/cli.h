@@ -3,8 +3,9 @@
  * cli: the internals shared by the files of the `mudbus` operator tool.
  *
  * The tool is a tree of command tables. main.c owns the top-level table (one
- * entry per command group: `subjects`, `validate`, later `dlq`, `pub`, `sub`,
- * `req`, `health`) and each group lives in its own cmd_<group>.c, which either
+ * entry per command group: `subjects`, `validate`, `dlq`, and `pub`, `sub`,
+ * `req`, `health`, which share cmd_nats.c and its connection options) and
+ * each group lives in its own cmd_<group>.c, which either
  * is a single command (`validate`) or hands its arguments to cli_dispatch()
  * with a table of subcommands (`subjects list|build|check|check-sub`). Adding
  * a group is one new file and one table row.
@@ -23,9 +24,13 @@
 #ifndef MUDBUS_CLI_H
 #define MUDBUS_CLI_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
+#include "mudbus/client.h"
+#include "mudbus/config.h"
 #include "mudbus/status.h"
 
 #ifndef MUDBUS_VERSION_STRING
@@ -120,10 +125,76 @@ void cli_command_help(const char *help);
 /* The exit-status paragraph shared by every help text. */
 extern const char cli_exit_help[];
 
+/* ---- NATS connection options (cmd_nats.c) ----
+ *
+ * Every command that talks to NATS (pub, sub, req, health, dlq replay
+ * --server) takes the same options, parsed by cli_conn_option and turned
+ * into client options by cli_conn_opts: mb_client_opts_default, then the
+ * [nats] section of --config FILE, then the MUDBUS_NATS_* environment, then
+ * the command line (flags win). The CLI always uses one connection
+ * (pool_size 1), no DLQ, no poll mode, and fails at once when no server can
+ * be reached (start_disconnected off). */
+typedef struct cli_conn {
+    const char *servers[MB_CLIENT_MAX_SERVERS]; /* --server, split at commas */
+    size_t nservers;
+    bool tls;
+    const char *tls_ca, *tls_cert, *tls_key;
+    const char *user, *password, *token, *creds, *nkey_seed, *nkey_public;
+    uint64_t connect_timeout_ms; /* 0: not given */
+    const char *config;          /* --config FILE */
+    bool given;                  /* --server or --config was given */
+    mb_config *cfg_file, *cfg_env; /* kept until cli_conn_free: opts point into them */
+} cli_conn;
+
+/* The help paragraph of the connection options. */
+#define CLI_CONN_HELP                                                                             \
+    "\n"                                                                                           \
+    "Connection options:\n"                                                                        \
+    "      --server URL         nats:// or tls:// URL; repeatable or a comma list\n"               \
+    "                           (default: MUDBUS_NATS_SERVERS, else nats://127.0.0.1:4222)\n"     \
+    "      --config FILE        read the [nats] section of an INI file (other sections are\n"      \
+    "                           ignored); MUDBUS_NATS_* variables override it, flags both\n"      \
+    "      --tls                use TLS (implied by a tls:// URL or any --tls-* option)\n"         \
+    "      --tls-ca FILE        CA certificates (PEM) to verify the server with\n"                \
+    "      --tls-cert FILE      client certificate (PEM), with --tls-key\n"                       \
+    "      --tls-key FILE       its private key (PEM)\n"                                           \
+    "      --user USER          user name, with --password\n"                                     \
+    "      --password PASS      password; better: MUDBUS_NATS_PASSWORD (not shown by ps)\n"       \
+    "      --token TOKEN        authentication token (or MUDBUS_NATS_TOKEN)\n"                    \
+    "      --creds FILE         JWT and nkey seed (.creds file)\n"                               \
+    "      --nkey-seed FILE     file holding an nkey seed, with --nkey-public\n"                   \
+    "      --nkey-public KEY    the seed's public key (U...)\n"                                    \
+    "      --connect-timeout MS connection timeout in milliseconds (default 2000)\n"
+
+/* When argv[*i] is a connection option, store it in *c, advance *i past its
+ * value and return 1; 0 when it is another argument; -1 (after reporting a
+ * usage error under `path`) when it is malformed. */
+int cli_conn_option(const char *path, cli_conn *c, int argc, char **argv, int *i);
+
+/* The checks between connection flags (--password needs --user, --tls-cert
+ * with --tls-key, --nkey-seed with --nkey-public). Returns -1 when they
+ * hold, else CLI_EXIT_USAGE after reporting why. */
+int cli_conn_check(const char *path, const cli_conn *c);
+
+/* Fill *o from defaults, --config, the environment and the flags. Returns -1
+ * to go on, or the exit status to return (after reporting why). */
+int cli_conn_opts(const char *path, cli_conn *c, mb_client_opts *o);
+
+/* cli_conn_opts, then mb_client_create. Returns -1 with *out set, or the
+ * exit status (3 when no server could be reached, after reporting why). */
+int cli_conn_connect(const char *path, cli_conn *c, mb_client_opts *o, mb_client **out);
+
+/* Free what cli_conn_opts loaded (after the client is created). */
+void cli_conn_free(cli_conn *c);
+
 /* ---- command groups (one cmd_<group>.c each) ---- */
 
 int cli_cmd_subjects(int argc, char **argv);
 int cli_cmd_validate(int argc, char **argv);
 int cli_cmd_dlq(int argc, char **argv);
+int cli_cmd_pub(int argc, char **argv);
+int cli_cmd_sub(int argc, char **argv);
+int cli_cmd_req(int argc, char **argv);
+int cli_cmd_health(int argc, char **argv);
 
 #endif

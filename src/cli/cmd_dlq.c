@@ -10,11 +10,14 @@
  * The tool never applies retention of its own (no age or size limit): that
  * is the owner's configuration, which the tool cannot know.
  *
- * Replay targets NATS once the client exists; until then `--to-file FILE`
- * appends one JSON object per line (and fsyncs each line before the entry
- * is marked replayed, so an interrupted replay resumes without losing or
- * repeating an entry, apart from the one in flight), or `--dry-run` lists
- * what would be replayed. The JSON of an entry: id, subject, headers (an
+ * Replay has three targets. `--server URL` (or any other NATS connection
+ * option, cmd_nats.c) publishes each entry through mb_client_publish with
+ * its original subject and payload (validated like any publish, no retry)
+ * and flushes it to the server before the entry is marked replayed;
+ * `--to-file FILE` appends one JSON object per line (and fsyncs each line
+ * before the entry is marked replayed); either way an interrupted replay
+ * resumes without losing or repeating an entry, apart from the one in
+ * flight. `--dry-run` lists what would be replayed. The JSON of an entry: id, subject, headers (an
  * array of [name, value]), payload (a string when the payload is valid
  * UTF-8, else payload_base64), error (status name), error_message, attempts,
  * first_failure, last_failure, added (RFC 3339 UTC), origin, replayed. Text
@@ -39,6 +42,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "mudbus/client.h"
 #include "mudbus/dlq.h"
 #include "mudbus/schema.h"
 
@@ -79,24 +83,34 @@ static const char show_help[] =
     "      --raw       only the payload bytes, unchanged\n";
 
 static const char replay_help[] =
-    "Usage: mudbus dlq replay --dir DIR [FILTERS] (--to-file FILE | --dry-run)\n"
+    "Usage: mudbus dlq replay --dir DIR [FILTERS]\n"
+    "                         (--server URL [CONNECTION OPTIONS] | --to-file FILE | --dry-run)\n"
     "                         [--rate N] [--burst N] [--max N] [--on-error stop|skip]\n"
     "\n"
     "Replay matching entries in id order. Each replayed entry is marked, durably,\n"
     "so running the same replay again after an interruption goes on where it\n"
-    "stopped. Publishing to NATS comes with the client; for now --to-file\n"
+    "stopped. With --server (or --config, or any other connection option) each\n"
+    "entry is published to NATS on its original subject with its original\n"
+    "payload (headers are not sent), without retries, and flushed to the server\n"
+    "before it is marked; an entry the client refuses (invalid subject or\n"
+    "payload) fails like an unreachable server: see --on-error. --to-file\n"
     "appends each entry as a JSON line to FILE ('-': standard output) and\n"
     "fsyncs it before marking the entry. A progress bar is drawn on standard\n"
     "error when it is a terminal.\n"
     "\n"
     "Options:\n"
     "      --dir DIR           the DLQ directory\n"
+    "      --server URL        publish the entries to NATS (see connection options)\n"
     "      --to-file FILE      append the entries to FILE as JSON lines\n"
     "      --dry-run           list what would be replayed; change nothing\n"
     "      --rate N            at most N entries per second (default: no limit)\n"
     "      --burst N           entries allowed at once under --rate (default 1)\n"
     "      --max N             replay at most N entries\n"
-    "      --on-error MODE     stop (default) or skip an entry that fails\n" FILTER_HELP;
+    "      --on-error MODE     stop (default) or skip an entry that fails\n" FILTER_HELP CLI_CONN_HELP
+    "\n"
+    "With --server, exit status 1 also means: an entry was refused (invalid\n"
+    "subject or payload) or the configuration is invalid; 3: no NATS server\n"
+    "could be reached, or publishing or flushing an entry failed.\n";
 
 static const char purge_help[] =
     "Usage: mudbus dlq purge --dir DIR (FILTERS | --all)\n"
@@ -143,6 +157,7 @@ typedef struct args {
     mb_dlq_filter filter;
     bool any_filter;
     bool json, raw, all, dry_run;
+    bool nats; /* a connection option was given: replay to NATS */
     const char *to_file;
     double rate;
     unsigned long burst, max;
@@ -153,6 +168,7 @@ typedef struct args {
     size_t nheaders;
     char *positional[4];
     int npositional;
+    cli_conn conn; /* replay --server */
 } args;
 
 enum { OPT_FILTER = 1, OPT_JSON = 2, OPT_RAW = 4, OPT_ALL = 8, OPT_REPLAY = 16, OPT_PUT = 32 };
@@ -342,6 +358,11 @@ static int parse(args *a, int opts, int argc, char **argv)
             a->headers[a->nheaders].name = name;
             a->headers[a->nheaders].value = eq + 1;
             a->nheaders++;
+        } else if ((opts & OPT_REPLAY) &&
+                   (r = cli_conn_option(a->path, &a->conn, argc, argv, &i)) != 0) {
+            if (r < 0)
+                return CLI_EXIT_USAGE;
+            a->nats = true;
         } else {
             return cli_usage_error(a->path, "unknown option '%s'", arg);
         }
@@ -349,6 +370,8 @@ static int parse(args *a, int opts, int argc, char **argv)
     }
     if (a->dir == NULL)
         return cli_usage_error(a->path, "missing --dir DIR");
+    if (a->nats && cli_conn_check(a->path, &a->conn) >= 0)
+        return CLI_EXIT_USAGE;
     if (a->filter.since_ms != 0 && a->filter.until_ms != 0 &&
         a->filter.since_ms >= a->filter.until_ms)
         return cli_usage_error(a->path, "--since must be before --until");
@@ -689,6 +712,7 @@ typedef struct replay_ctx {
     bool sync; /* fsync after each line (a regular file) */
     bool bar;
     int last_fill;
+    mb_client *client; /* replay --server */
 } replay_ctx;
 
 static mb_status to_file(void *ctx, const mb_dlq_entry *e, mb_err *err)
@@ -732,6 +756,71 @@ static int dry_visit(void *ctx, const mb_dlq_entry *e)
     return c->max != 0 && c->n >= c->max;
 }
 
+static mb_dlq_replay_opts replay_opts(const args *a, replay_ctx *c)
+{
+    mb_dlq_replay_opts o = {0};
+    o.filter = a->filter;
+    o.rate_per_sec = a->rate;
+    o.burst = (uint32_t)a->burst;
+    o.max = a->max;
+    o.on_error = a->on_error;
+    o.progress = progress;
+    o.progress_ctx = c;
+    return o;
+}
+
+/* Publish one entry and wait until the server has it: only then may the
+ * entry be marked replayed. */
+static mb_status to_nats(void *ctx, const mb_dlq_entry *e, mb_err *err)
+{
+    replay_ctx *c = ctx;
+    mb_publish_opts po = {.ordering_key = NULL, .no_retry = true};
+    mb_status st = mb_client_publish(c->client, e->subject, e->payload, e->payload_len, &po, NULL,
+                                     err);
+    if (st == MB_OK)
+        st = mb_client_flush(c->client, 5000, err);
+    if (st != MB_OK && err != NULL) {
+        char why[MB_ERR_MSG_MAX];
+        snprintf(why, sizeof why, "%s", err->msg[0] ? err->msg : mb_status_str(st));
+        mb_err_set(err, st, "entry %" PRIu64 " (%s): %s", e->id, e->subject, why);
+    }
+    return st;
+}
+
+static int replay_nats(args *a)
+{
+    mb_client_opts co;
+    mb_client *cl = NULL;
+    int rc = cli_conn_connect(a->path, &a->conn, &co, &cl);
+    if (rc >= 0) {
+        cli_conn_free(&a->conn);
+        return rc;
+    }
+    mb_dlq *d = NULL;
+    if ((rc = open_dlq(a, true, false, &d)) != CLI_EXIT_OK) {
+        mb_client_destroy(cl);
+        cli_conn_free(&a->conn);
+        return rc;
+    }
+    replay_ctx c = {NULL, false, isatty(STDERR_FILENO) != 0, -1, cl};
+    mb_dlq_replay_opts o = replay_opts(a, &c);
+    mb_dlq_replay_result r = {0};
+    mb_err err = {0};
+    mb_status st = mb_dlq_replay(d, &o, to_nats, &c, &r, &err);
+    if (c.bar && c.last_fill >= 0 && r.published + r.failed + r.gone < r.total)
+        fputc('\n', stderr); /* end an unfinished bar */
+    rc = CLI_EXIT_OK;
+    if (st != MB_OK)
+        rc = cli_report("replay", st, &err);
+    if (st == MB_OK || r.published > 0)
+        printf("%zu of %zu entries published to NATS%s\n", r.published, r.total,
+               r.gone ? " (some were gone meanwhile)" : "");
+    rc = close_dlq(d, rc);
+    mb_client_destroy(cl);
+    cli_conn_free(&a->conn);
+    return rc;
+}
+
 static int dlq_replay(int argc, char **argv)
 {
     args a = {.path = "mudbus dlq replay", .help = replay_help};
@@ -740,9 +829,9 @@ static int dlq_replay(int argc, char **argv)
         return rc;
     if (a.npositional > 0)
         return cli_usage_error(a.path, "unexpected argument '%s'", a.positional[0]);
-    if (a.dry_run == (a.to_file != NULL))
-        return cli_usage_error(a.path, "give exactly one of --to-file FILE and --dry-run "
-                                       "(publishing to NATS comes with the client)");
+    if ((int)a.dry_run + (a.to_file != NULL) + (int)a.nats != 1)
+        return cli_usage_error(a.path, "give exactly one of --to-file FILE and --dry-run, "
+                                       "or --server URL to publish to NATS");
     mb_dlq *d = NULL;
     if (a.dry_run) {
         if ((rc = open_dlq(&a, false, false, &d)) != CLI_EXIT_OK)
@@ -755,7 +844,9 @@ static int dlq_replay(int argc, char **argv)
         printf("dry run: %zu entries would be replayed\n", c.n);
         return close_dlq(d, CLI_EXIT_OK);
     }
-    replay_ctx c = {NULL, false, isatty(STDERR_FILENO) != 0, -1};
+    if (a.nats)
+        return replay_nats(&a);
+    replay_ctx c = {NULL, false, isatty(STDERR_FILENO) != 0, -1, NULL};
     if (strcmp(a.to_file, "-") == 0) {
         c.out = stdout;
     } else {
@@ -771,14 +862,7 @@ static int dlq_replay(int argc, char **argv)
             fclose(c.out);
         return rc;
     }
-    mb_dlq_replay_opts o = {0};
-    o.filter = a.filter;
-    o.rate_per_sec = a.rate;
-    o.burst = (uint32_t)a.burst;
-    o.max = a.max;
-    o.on_error = a.on_error;
-    o.progress = progress;
-    o.progress_ctx = &c;
+    mb_dlq_replay_opts o = replay_opts(&a, &c);
     mb_dlq_replay_result r = {0};
     mb_err err = {0};
     mb_status st = mb_dlq_replay(d, &o, to_file, &c, &r, &err);
@@ -953,7 +1037,7 @@ static int dlq_put(int argc, char **argv)
 static const cli_command dlq_commands[] = {
     {"list", "list entries, filtered by subject pattern, status and time", dlq_list},
     {"show", "show every field of one entry", dlq_show},
-    {"replay", "replay entries (to a file for now), rate-limited and resumable", dlq_replay},
+    {"replay", "replay entries to NATS or a file, rate-limited and resumable", dlq_replay},
     {"purge", "remove entries by filter or age", dlq_purge},
     {"stats", "depth, size, segments and the age of the oldest entry", dlq_stats},
     {"put", "dead-letter a message by hand", dlq_put},
@@ -969,7 +1053,8 @@ static const cli_group dlq_group = {
     sizeof dlq_commands / sizeof dlq_commands[0],
     "Every command takes --dir DIR. Exit status 1 also means: no such entry or\n"
     "directory, or an invalid subject pattern; 3: the directory is in use by\n"
-    "another writer, unreadable, or a replay's output could not be written.\n",
+    "another writer, unreadable, or a replay's output could not be written\n"
+    "(or, with --server, no NATS server could be reached).\n",
 };
 
 int cli_cmd_dlq(int argc, char **argv)

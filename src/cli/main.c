@@ -23,12 +23,17 @@ const char cli_exit_help[] =
     "  0  success\n"
     "  1  refused: the subject, pattern or message is invalid (reason on stderr)\n"
     "  2  usage error: unknown command or option, missing or extra argument\n"
-    "  3  internal or I/O error: unreadable file, failed write, out of memory\n";
+    "  3  internal or I/O error: unreadable file, failed write, out of memory,\n"
+    "     NATS unreachable (connection, TLS or authentication failure)\n";
 
 static const cli_command top_commands[] = {
     {"subjects", "list, build and check NATS subjects and subscription patterns", cli_cmd_subjects},
     {"validate", "validate a chat or event message against its schema", cli_cmd_validate},
     {"dlq", "inspect, replay and purge a dead letter queue directory", cli_cmd_dlq},
+    {"pub", "publish a validated message to NATS", cli_cmd_pub},
+    {"sub", "print the validated messages of a subscription pattern", cli_cmd_sub},
+    {"req", "send a validated request and print the reply", cli_cmd_req},
+    {"health", "connect and report state, round trip time and JetStream", cli_cmd_health},
 };
 
 static const char top_footer[] =
@@ -39,7 +44,8 @@ static const char top_footer[] =
 static const cli_group top_group = {
     "mudbus",
     "Operator tool for mudbus, resilient NATS messaging for MUD game servers.\n"
-    "Checks subjects and messages against the wire contract (PROTOCOL.md).",
+    "Checks subjects and messages against the wire contract (PROTOCOL.md),\n"
+    "publishes, subscribes and requests over NATS, and manages dead letter queues.",
     top_commands,
     sizeof top_commands / sizeof top_commands[0],
     top_footer,

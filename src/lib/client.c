@@ -360,6 +360,9 @@ mb_status mb_client_create(const mb_client_opts *opts, mb_client **out, mb_err *
         if ((st = mb_metrics_create(&c->metrics, err)) != MB_OK)
             goto fail;
         c->own_metrics = true;
+        /* The publish path would read the clock six times per message for
+         * its timing histograms; one message in 16 is timed instead. */
+        mb_metrics_set_timing_sample(c->metrics, 16, NULL);
     }
     if ((st = register_metrics(c, err)) != MB_OK)
         goto fail;

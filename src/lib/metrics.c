@@ -34,6 +34,7 @@ typedef struct entry {
 
 struct mb_metrics {
     pthread_mutex_t lock;
+    uint32_t timing_mask; /* sample_mask of new timing histograms */
     entry **entries;
     size_t n, cap;
 };
@@ -234,8 +235,10 @@ static mb_status add_entry(mb_metrics *m, metric_kind kind, const char *name, co
         goto out;
     }
     e->kind = kind;
-    if (kind == KIND_HISTOGRAM)
+    if (kind == KIND_HISTOGRAM) {
         e->u.hist.unit_scale = unit_scale;
+        atomic_init(&e->u.hist.sample_mask, unit_scale == 1e-9 ? m->timing_mask : 0);
+    }
     m->entries[m->n++] = e;
     *out = e;
 out:
@@ -275,6 +278,22 @@ mb_status mb_metrics_histogram(mb_metrics *m, const char *name, const char *help
     if (st == MB_OK)
         *out = &e->u.hist;
     return st;
+}
+
+mb_status mb_metrics_set_timing_sample(mb_metrics *m, uint32_t every_n, mb_err *err)
+{
+    if (m == NULL || every_n == 0 || every_n > 1024 || (every_n & (every_n - 1)) != 0)
+        return mb_err_set(err, MB_EINVAL, "metrics: timing sample %u is not a power of two in 1..1024",
+                          every_n);
+    pthread_mutex_lock(&m->lock);
+    m->timing_mask = every_n - 1;
+    for (size_t i = 0; i < m->n; i++) {
+        entry *e = m->entries[i];
+        if (e->kind == KIND_HISTOGRAM && e->u.hist.unit_scale == 1e-9)
+            atomic_store_explicit(&e->u.hist.sample_mask, m->timing_mask, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&m->lock);
+    return MB_OK;
 }
 
 static const char *kind_name(metric_kind k)

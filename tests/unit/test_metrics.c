@@ -1013,6 +1013,46 @@ static void test_strbuf_steal_empty_and_reset(void **state)
     assert_null(b.data);
 }
 
+/* Sampled timings: one call in N per thread is timed, in every nanosecond
+ * histogram of the registry, present and future; size histograms are not
+ * sampled; N must be a power of two in 1..1024. */
+static void test_timing_sample(void **state)
+{
+    (void)state;
+    mb_metrics *m = NULL;
+    mb_histogram *before = NULL, *after = NULL, *sizes = NULL;
+    assert_int_equal(mb_metrics_create(&m, NULL), MB_OK);
+    assert_int_equal(mb_metrics_histogram(m, "t_before_seconds", "h", NULL, 1e-9, &before, NULL),
+                     MB_OK);
+    assert_int_equal(mb_metrics_histogram(m, "sizes_bytes", "h", NULL, 1, &sizes, NULL), MB_OK);
+    /* Default: every call. */
+    for (int i = 0; i < 100; i++)
+        assert_true(mb_histogram_sample(before));
+    mb_err err = {MB_OK, ""};
+    assert_int_equal(mb_metrics_set_timing_sample(m, 3, &err), MB_EINVAL);
+    assert_non_null(strstr(err.msg, "power of two"));
+    assert_int_equal(mb_metrics_set_timing_sample(m, 0, NULL), MB_EINVAL);
+    assert_int_equal(mb_metrics_set_timing_sample(m, 2048, NULL), MB_EINVAL);
+    assert_int_equal(mb_metrics_set_timing_sample(m, 8, NULL), MB_OK);
+    assert_int_equal(mb_metrics_histogram(m, "t_after_seconds", "h", NULL, 1e-9, &after, NULL),
+                     MB_OK);
+    int hits_before = 0, hits_after = 0, hits_sizes = 0;
+    for (int i = 0; i < 8000; i++) {
+        hits_before += mb_histogram_sample(before);
+        hits_after += mb_histogram_sample(after);
+        hits_sizes += mb_histogram_sample(sizes);
+    }
+    /* About one call in 8 of each timing histogram, even though the calls
+     * alternate (a counter shared by both would starve one of them). */
+    assert_true(hits_before > 700 && hits_before < 1300);
+    assert_true(hits_after > 700 && hits_after < 1300);
+    assert_int_equal(hits_sizes, 8000);
+    assert_int_equal(mb_metrics_set_timing_sample(m, 1, NULL), MB_OK);
+    for (int i = 0; i < 10; i++)
+        assert_true(mb_histogram_sample(after));
+    mb_metrics_destroy(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1045,6 +1085,7 @@ int main(void)
         cmocka_unit_test(test_strbuf_long_appendf_past_max_unchanged),
         cmocka_unit_test(test_strbuf_appendf_long_strings),
         cmocka_unit_test(test_strbuf_steal_empty_and_reset),
+        cmocka_unit_test(test_timing_sample),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
