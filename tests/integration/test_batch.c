@@ -243,12 +243,14 @@ static void test_flush_on_size(void **state)
     assert_true(metric_has("mudbus_batch_flushes_total{reason=\"size\"} 1\n"));
     assert_true(metric_has("mudbus_batch_messages_total{disposition=\"sent\"} 10\n"));
     assert_true(metric_has("mudbus_batch_flush_seconds_count 1\n"));
-    /* A burst is flushed in batches of at most max_messages: 35 messages
-     * need at least 4 flushes, all by the flusher thread. */
-    for (int i = 10; i < 45; i++)
+    /* A burst is flushed in batches of exactly max_messages: a size-triggered
+     * flush takes max_messages and leaves the rest for the next trigger, so
+     * 40 messages need 4 flushes, all by the flusher thread (with 35, the
+     * last 5 would rightly wait for the delay). */
+    for (int i = 10; i < 50; i++)
         assert_int_equal(add_event("events.game_tick", 0, i, NULL), MB_OK);
-    assert_true(wait_count(&r.count, 45, 3000));
-    for (int i = 10; i < 45; i++)
+    assert_true(wait_count(&r.count, 50, 3000));
+    for (int i = 10; i < 50; i++)
         assert_int_equal(r.seq[i], i);
     mb_batch_stats_get(F.b, &s);
     assert_true(s.flushes >= 1 + 4);
