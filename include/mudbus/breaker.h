@@ -157,8 +157,8 @@ typedef struct mb_breaker_ticket {
  *
  * Returns MB_EINVAL (with the reason) for a NULL `out` or an option out of
  * range, MB_EEXIST when a breaker of that name registered its metrics in the
- * registry before, MB_ENOMEM. On error no breaker is created; metrics
- * registered before the failure stay in the registry (it cannot unregister). */
+ * registry before, MB_ENOMEM. On error no breaker is created and the registry
+ * is left as it was (metrics registered before the failure are taken back). */
 mb_status mb_breaker_create(const mb_breaker_opts *opts, mb_breaker **out, mb_err *err);
 
 /* Destroy a breaker. NULL does nothing. No other thread may use it any more;

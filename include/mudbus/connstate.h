@@ -121,8 +121,8 @@ typedef struct mb_connstate_opts {
  *
  * Returns MB_EINVAL (with the reason) for a NULL `out` or an option out of
  * range, MB_EEXIST when a machine of that name registered its metrics in the
- * registry before, MB_ENOMEM. On error nothing is created; metrics registered
- * before the failure stay in the registry (it cannot unregister). */
+ * registry before, MB_ENOMEM. On error nothing is created and the registry is
+ * left as it was (metrics registered before the failure are taken back). */
 mb_status mb_connstate_create(const mb_connstate_opts *opts, mb_connstate **out, mb_err *err);
 
 /* Destroy a machine. NULL does nothing. No other thread may use it any more

@@ -117,8 +117,9 @@ typedef struct mb_retry_budget mb_retry_budget;
  * and mudbus_retry_budget_refused_total when metrics are given; the registry
  * must outlive the budget. MB_EINVAL for a NULL out or a cost above max_tokens;
  * MB_ENOMEM; a metrics error (e.g. MB_EEXIST for a second budget with the same
- * labels). On error no budget is created, but metrics registered before the
- * error stay in the registry. Destroying NULL does nothing. */
+ * labels). On error no budget is created and the registry is left as it was
+ * (metrics registered before the error are taken back). Destroying NULL does
+ * nothing. */
 mb_status mb_retry_budget_create(const mb_retry_budget_opts *opts, mb_retry_budget **out,
                                  mb_err *err);
 void mb_retry_budget_destroy(mb_retry_budget *b);

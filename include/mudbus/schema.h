@@ -73,7 +73,7 @@ typedef struct mb_schema mb_schema;
  * mudbus_schema_validate_seconds (histogram). MB_EINVAL for limits above the
  * ceilings or a NULL out, MB_ENOMEM, or an error of the metrics registry (e.g.
  * MB_EEXIST when a second validator registers in the same registry). On error
- * nothing is created. */
+ * nothing is created and the registry is left as it was. */
 mb_status mb_schema_create(const mb_schema_opts *opts, mb_schema **out, mb_err *err);
 void mb_schema_destroy(mb_schema *s);
 

@@ -98,9 +98,8 @@ const char *mb_subject_reason_name(mb_subject_reason r);
  * mudbus_subject_build_seconds and mudbus_subject_check_seconds (histograms).
  * MB_EINVAL for NULL out; MB_ENOMEM; a metrics error (MB_EEXIST when a second
  * subject registry uses the same metrics registry). Nothing is created on
- * error, except that metrics already registered in a caller's `metrics` when
- * a later step runs out of memory stay there (the metrics API cannot remove
- * them); MB_EEXIST is detected before anything is registered. */
+ * error, and a caller's `metrics` is left as it was (metrics registered
+ * before a later step failed are taken back). */
 mb_status mb_subject_registry_create(mb_metrics *metrics, mb_subject_registry **out, mb_err *err);
 void mb_subject_registry_destroy(mb_subject_registry *r);
 

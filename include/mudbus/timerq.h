@@ -56,9 +56,9 @@ typedef struct mb_timerq_opts {
  * registry must outlive the queue): mudbus_timerq_pending (gauge),
  * mudbus_timerq_fired_total, mudbus_timerq_full_total. MB_EINVAL for a NULL
  * out or a capacity above 2^24; MB_ENOMEM; a metrics error (e.g. MB_EEXIST for
- * a second queue with the same labels). On error no queue is created, but
- * metrics registered before the error stay in the registry. Memory grows with
- * use up to the capacity. */
+ * a second queue with the same labels). On error no queue is created and the
+ * registry is left as it was (metrics registered before the error are taken
+ * back). Memory grows with use up to the capacity. */
 mb_status mb_timerq_create(const mb_timerq_opts *opts, mb_timerq **out, mb_err *err);
 
 /* Destroy the queue; pending timers' callbacks run with MB_TIMER_CANCELLED on

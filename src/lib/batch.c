@@ -62,6 +62,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "alloc.h"
+#include "metrics_int.h"
 #include "mudbus/schema.h"
 
 #define DEF_MAX_MESSAGES       100u
@@ -183,7 +185,7 @@ static void sq_unlink_free(mb_batch *b, sq *q)
     while (*pp != q)
         pp = &(*pp)->hnext;
     *pp = q->hnext;
-    free(q);
+    mb__free(q);
 }
 
 static uint64_t ms_to_ns(uint64_t ms)
@@ -277,7 +279,7 @@ static mb_status publish_claimed(mb_batch *b, sq *q, mb_err *last_err)
             last = st;
             *last_err = e;
         }
-        free(m);
+        mb__free(m);
     }
     q->inflight = NULL;
     mb_histogram_observe(b->m_flush_seconds, mb_clock_mono_ns(b->o.clock) - t0);
@@ -513,7 +515,7 @@ mb_status mb_batch_add(mb_batch *b, const char *subject, const void *data, size_
         mb_counter_add(b->m_add_refused, 1);
         return st;
     }
-    bmsg *m = malloc(sizeof *m + (len ? len : 1));
+    bmsg *m = mb__malloc(sizeof *m + (len ? len : 1));
     if (!m)
         return mb_err_set(err, MB_ENOMEM, "out of memory");
     m->next = NULL;
@@ -529,7 +531,7 @@ mb_status mb_batch_add(mb_batch *b, const char *subject, const void *data, size_
         b->pressure = true;
         pthread_cond_signal(&b->cv);
         pthread_mutex_unlock(&b->lock);
-        free(m);
+        mb__free(m);
         mb_counter_add(b->m_would_block, 1);
         return mb_err_set(err, MB_EAGAIN,
                           "batch full: %zu messages, %zu bytes held (bounds %zu, %zu)", held,
@@ -537,10 +539,10 @@ mb_status mb_batch_add(mb_batch *b, const char *subject, const void *data, size_
     }
     sq *q = sq_find(b, subject, h);
     if (!q) {
-        q = calloc(1, sizeof *q + slen + 1);
+        q = mb__calloc(1, sizeof *q + slen + 1);
         if (!q) {
             pthread_mutex_unlock(&b->lock);
-            free(m);
+            mb__free(m);
             return mb_err_set(err, MB_ENOMEM, "out of memory");
         }
         q->hash = h;
@@ -662,13 +664,34 @@ static mb_status register_metrics(mb_batch *b, mb_metrics *m, mb_err *err)
     return MB_OK;
 }
 
+/* Take back the metrics registered in a caller's registry, when create fails
+ * part way, so that the registry is as it was and create can be retried. */
+static void forget_metrics(mb_batch *b)
+{
+    mb_metrics *m = b->o.metrics;
+    if (m == NULL)
+        return;
+    mb__metrics_forget(m, b->m_added);
+    mb__metrics_forget(m, b->m_would_block);
+    mb__metrics_forget(m, b->m_add_refused);
+    mb__metrics_forget(m, b->m_bytes);
+    for (int r = 0; r < R__COUNT; r++)
+        mb__metrics_forget(m, b->m_flushes[r]);
+    for (int d = 0; d < D__COUNT; d++)
+        mb__metrics_forget(m, b->m_disp[d]);
+    mb__metrics_forget(m, b->m_pending_msgs);
+    mb__metrics_forget(m, b->m_pending_bytes);
+    mb__metrics_forget(m, b->m_flush_seconds);
+    mb__metrics_forget(m, b->m_flush_messages);
+}
+
 static void batch_free(mb_batch *b)
 {
-    free(b->buckets);
+    mb__free(b->buckets);
     mb_schema_destroy(b->schema);
     mb_subject_registry_destroy(b->own_subjects);
     mb_metrics_destroy(b->own_metrics);
-    free(b);
+    mb__free(b);
 }
 
 mb_status mb_batch_create(mb_client *client, const mb_batch_opts *opts, mb_batch **out, mb_err *err)
@@ -709,7 +732,7 @@ mb_status mb_batch_create(mb_client *client, const mb_batch_opts *opts, mb_batch
         return mb_err_set(err, MB_EINVAL, "max_payload %zu exceeds %u", o.max_payload,
                           MB_SCHEMA_MAX_BYTES_LIMIT);
 
-    mb_batch *b = calloc(1, sizeof *b);
+    mb_batch *b = mb__calloc(1, sizeof *b);
     if (!b)
         return mb_err_set(err, MB_ENOMEM, "out of memory");
     b->c = client;
@@ -726,7 +749,7 @@ mb_status mb_batch_create(mb_client *client, const mb_batch_opts *opts, mb_batch
     while (b->nbuckets < want && b->nbuckets < 65536)
         b->nbuckets *= 2;
     mb_status st = MB_OK;
-    b->buckets = calloc(b->nbuckets, sizeof *b->buckets);
+    b->buckets = mb__calloc(b->nbuckets, sizeof *b->buckets);
     if (!b->buckets)
         st = mb_err_set(err, MB_ENOMEM, "out of memory");
     mb_metrics *m = o.metrics;
@@ -742,6 +765,7 @@ mb_status mb_batch_create(mb_client *client, const mb_batch_opts *opts, mb_batch
     if (st == MB_OK)
         st = mb_schema_create(&so, &b->schema, err);
     if (st != MB_OK) {
+        forget_metrics(b);
         batch_free(b);
         return st;
     }
@@ -759,6 +783,7 @@ mb_status mb_batch_create(mb_client *client, const mb_batch_opts *opts, mb_batch
             pthread_cond_destroy(&b->cv);
         if (done_ok)
             pthread_cond_destroy(&b->done_cv);
+        forget_metrics(b);
         batch_free(b);
         return mb_err_set(err, MB_EINTERNAL, "cannot initialise the batch's lock");
     }
@@ -766,6 +791,7 @@ mb_status mb_batch_create(mb_client *client, const mb_batch_opts *opts, mb_batch
         pthread_cond_destroy(&b->cv);
         pthread_cond_destroy(&b->done_cv);
         pthread_mutex_destroy(&b->lock);
+        forget_metrics(b);
         batch_free(b);
         return mb_err_set(err, MB_EINTERNAL, "cannot start the batch flusher thread");
     }

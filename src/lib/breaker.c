@@ -33,6 +33,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
+#include "metrics_int.h"
+
 #define NS_PER_MS  1000000ull
 #define NS_PER_SEC 1000000000ull
 
@@ -375,27 +378,34 @@ mb_status mb_breaker_create(const mb_breaker_opts *opts, mb_breaker **out, mb_er
         return mb_err_set(err, MB_EINVAL, "breaker: NULL out");
     if (opts == NULL)
         opts = &defaults;
-    mb_breaker *b = calloc(1, sizeof *b);
+    mb_breaker *b = mb__calloc(1, sizeof *b);
     if (b == NULL)
         return mb_err_set(err, MB_ENOMEM, "breaker: out of memory");
     mb_status st = resolve_opts(b, opts, err);
     if (st != MB_OK) {
-        free(b);
+        mb__free(b);
         return st;
     }
     if (b->window == MB_BREAKER_WINDOW_COUNT)
-        b->ring = malloc(b->window_size);
+        b->ring = mb__malloc(b->window_size);
     else
-        b->buckets = calloc(b->window_size, sizeof *b->buckets);
+        b->buckets = mb__calloc(b->window_size, sizeof *b->buckets);
     if (b->ring == NULL && b->buckets == NULL) {
         st = mb_err_set(err, MB_ENOMEM, "breaker %s: out of memory", b->name);
-        free(b);
+        mb__free(b);
         return st;
     }
     if (opts->metrics != NULL && (st = register_metrics(b, opts->metrics, err)) != MB_OK) {
-        free(b->ring);
-        free(b->buckets);
-        free(b);
+        /* Take back what was registered, so that the call can be retried. */
+        mb__metrics_forget(opts->metrics, b->m_state);
+        mb__metrics_forget(opts->metrics, b->m_calls);
+        mb__metrics_forget(opts->metrics, b->m_failures);
+        mb__metrics_forget(opts->metrics, b->m_slow);
+        mb__metrics_forget(opts->metrics, b->m_rejected);
+        mb__metrics_forget(opts->metrics, b->m_trips);
+        mb__free(b->ring);
+        mb__free(b->buckets);
+        mb__free(b);
         return st;
     }
     b->state = MB_BREAKER_CLOSED;
@@ -412,9 +422,9 @@ void mb_breaker_destroy(mb_breaker *b)
     if (b == NULL)
         return;
     pthread_mutex_destroy(&b->lock);
-    free(b->ring);
-    free(b->buckets);
-    free(b);
+    mb__free(b->ring);
+    mb__free(b->buckets);
+    mb__free(b);
 }
 
 /* ---- calls ---- */

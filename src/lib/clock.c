@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "alloc.h"
+
 static uint64_t read_clock(clockid_t id)
 {
     struct timespec ts;
@@ -77,7 +79,7 @@ mb_status mb_manual_clock_create(uint64_t mono_start_ns, uint64_t wall_start_ns,
 {
     if (out == NULL)
         return mb_err_set(err, MB_EINVAL, "manual clock: NULL out");
-    mb_manual_clock *mc = calloc(1, sizeof *mc);
+    mb_manual_clock *mc = mb__calloc(1, sizeof *mc);
     if (mc == NULL)
         return mb_err_set(err, MB_ENOMEM, "manual clock: out of memory");
     mc->mono_start = mono_start_ns;
@@ -92,7 +94,7 @@ mb_status mb_manual_clock_create(uint64_t mono_start_ns, uint64_t wall_start_ns,
 
 void mb_manual_clock_destroy(mb_manual_clock *mc)
 {
-    free(mc);
+    mb__free(mc);
 }
 
 void mb_manual_clock_advance(mb_manual_clock *mc, uint64_t delta_ns)

@@ -33,6 +33,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "alloc.h"
+
 /* Debian's libinih exports its options as variables; other builds do not,
  * and then this weak reference is NULL (see raise_inih_line_limit). */
 #pragma weak ini_max_line
@@ -143,7 +145,7 @@ static mb_status entry_fill(entry *e, const char *section, const char *key, cons
                             size_t vlen, const char *source, unsigned line)
 {
     size_t sl = strlen(section), kl = strlen(key), ol = strlen(source);
-    char *b = malloc(sl + 1 + kl + 1 + 2 * (vlen + 1) + ol + 1);
+    char *b = mb__malloc(sl + 1 + kl + 1 + 2 * (vlen + 1) + ol + 1);
     if (b == NULL)
         return MB_ENOMEM;
     char *p = b;
@@ -203,7 +205,7 @@ static mb_status store_add(mb_config *cfg, const char *section, const char *key,
         size_t cap = cfg->cap == 0 ? 32 : cfg->cap * 2;
         if (cap > MB_CONFIG_MAX_KEYS)
             cap = MB_CONFIG_MAX_KEYS;
-        entry *v = realloc(cfg->v, cap * sizeof *v);
+        entry *v = mb__realloc(cfg->v, cap * sizeof *v);
         if (v == NULL)
             return MB_ENOMEM;
         cfg->v = v;
@@ -220,9 +222,9 @@ void mb_config_destroy(mb_config *cfg)
     if (cfg == NULL)
         return;
     for (size_t i = 0; i < cfg->n; i++)
-        free(cfg->v[i].block);
-    free(cfg->v);
-    free(cfg);
+        mb__free(cfg->v[i].block);
+    mb__free(cfg->v);
+    mb__free(cfg);
 }
 
 /* ---- known sections and their environment prefixes ---- */
@@ -236,9 +238,9 @@ typedef struct known_sections {
 static void known_free(known_sections *k)
 {
     for (size_t i = 0; i < k->n; i++)
-        free(k->prefixes[i]);
-    free(k->prefixes);
-    free((void *)k->names);
+        mb__free(k->prefixes[i]);
+    mb__free(k->prefixes);
+    mb__free((void *)k->names);
     k->names = NULL;
     k->prefixes = NULL;
     k->n = 0;
@@ -249,7 +251,7 @@ static mb_status known_add(known_sections *k, const char *name, mb_err *err)
 {
     size_t nl = strlen(name);
     size_t pl = sizeof MB_CONFIG_ENV_PREFIX - 1 + nl + 1;
-    char *pre = malloc(pl + 1 + nl + 1);
+    char *pre = mb__malloc(pl + 1 + nl + 1);
     if (pre == NULL)
         return mb_err_set(err, MB_ENOMEM, "config: out of memory");
     char *p = pre + sizeof MB_CONFIG_ENV_PREFIX - 1;
@@ -266,7 +268,7 @@ static mb_status known_add(known_sections *k, const char *name, mb_err *err)
     lname[nl] = '\0';
     for (size_t i = 0; i < k->n; i++) {
         if (strcmp(k->names[i], lname) == 0) {
-            free(pre);
+            mb__free(pre);
             return MB_OK;
         }
         if (strcmp(k->prefixes[i], pre) == 0) {
@@ -274,19 +276,19 @@ static mb_status known_add(known_sections *k, const char *name, mb_err *err)
                                       "config: sections %s and %s both map to the "
                                       "environment prefix %s",
                                       k->names[i], lname, pre);
-            free(pre);
+            mb__free(pre);
             return st;
         }
     }
-    char **np = realloc(k->prefixes, (k->n + 1) * sizeof *np);
+    char **np = mb__realloc(k->prefixes, (k->n + 1) * sizeof *np);
     if (np == NULL) {
-        free(pre);
+        mb__free(pre);
         return mb_err_set(err, MB_ENOMEM, "config: out of memory");
     }
     k->prefixes = np;
-    const char **nn = realloc((void *)k->names, (k->n + 1) * sizeof *nn);
+    const char **nn = mb__realloc((void *)k->names, (k->n + 1) * sizeof *nn);
     if (nn == NULL) {
-        free(pre);
+        mb__free(pre);
         return mb_err_set(err, MB_ENOMEM, "config: out of memory");
     }
     k->names = nn;
@@ -326,7 +328,7 @@ static mb_status read_file(const char *path, char **out, size_t *len, mb_err *er
         return mb_err_set(err, e == ENOENT ? MB_ENOTFOUND : MB_EIO,
                           "config file %s: cannot open: %s", path, strerror(e));
     }
-    char *buf = malloc(MB_CONFIG_MAX_FILE_BYTES + 2);
+    char *buf = mb__malloc(MB_CONFIG_MAX_FILE_BYTES + 2);
     if (buf == NULL) {
         close(fd);
         return mb_err_set(err, MB_ENOMEM, "config file %s: out of memory", path);
@@ -338,7 +340,7 @@ static mb_status read_file(const char *path, char **out, size_t *len, mb_err *er
             continue;
         if (r < 0) {
             int e = errno;
-            free(buf);
+            mb__free(buf);
             close(fd);
             return mb_err_set(err, MB_EIO, "config file %s: cannot read: %s", path, strerror(e));
         }
@@ -346,7 +348,7 @@ static mb_status read_file(const char *path, char **out, size_t *len, mb_err *er
             break;
         n += (size_t)r;
         if (n > MB_CONFIG_MAX_FILE_BYTES) {
-            free(buf);
+            mb__free(buf);
             close(fd);
             return mb_err_set(err, MB_ETOOBIG, "config file %s: larger than %d bytes", path,
                               MB_CONFIG_MAX_FILE_BYTES);
@@ -549,7 +551,7 @@ static mb_status parse_file(mb_config *cfg, const char *path, const known_sectio
 
     parse_ctx p = {.cfg = cfg, .known = known, .path = path, .buf = buf, .len = len};
     int r = ini_parse_stream(reader, &p, handler, &p);
-    free(buf);
+    mb__free(buf);
     /* Report whichever error comes first in the file: ours, or a line that
      * libinih refused after our checks passed it. */
     if (r > 0 && (!p.failed || (unsigned)r < p.fail_line))
@@ -662,7 +664,7 @@ static mb_status apply_env_var(mb_config *cfg, const char *var, const known_sect
         entry fresh;
         if (entry_fill(&fresh, known->names[best], key, v, vl, source, 0) != MB_OK)
             return mb_err_set(err, MB_ENOMEM, "config: out of memory");
-        free(e->block);
+        mb__free(e->block);
         *e = fresh;
         return MB_OK;
     }
@@ -697,7 +699,7 @@ mb_status mb_config_load(const char *path, const char *const *environ_vars,
         }
     }
 
-    mb_config *cfg = calloc(1, sizeof *cfg);
+    mb_config *cfg = mb__calloc(1, sizeof *cfg);
     if (cfg == NULL) {
         known_free(&known);
         return mb_err_set(err, MB_ENOMEM, "config: out of memory");

@@ -30,6 +30,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
+#include "metrics_int.h"
+
 #define NS_PER_MS 1000000ull
 
 /* The transition table: allowed[from][to]. */
@@ -179,7 +182,7 @@ mb_status mb_connstate_create(const mb_connstate_opts *opts, mb_connstate **out,
         return mb_err_set(err, MB_EINVAL, "connstate %s: cooldown_backoff must be at least 1",
                           name);
 
-    mb_connstate *cs = calloc(1, sizeof *cs);
+    mb_connstate *cs = mb__calloc(1, sizeof *cs);
     if (cs == NULL)
         return mb_err_set(err, MB_ENOMEM, "connstate %s: out of memory", name);
     memcpy(cs->name, name, strlen(name) + 1);
@@ -191,7 +194,11 @@ mb_status mb_connstate_create(const mb_connstate_opts *opts, mb_connstate **out,
     if (opts->metrics != NULL) {
         mb_status st = register_metrics(cs, opts->metrics, err);
         if (st != MB_OK) {
-            free(cs);
+            /* Take back what was registered, so that the call can be retried. */
+            mb__metrics_forget(opts->metrics, cs->m_state);
+            for (unsigned s = 0; s < MB_CONN_STATE_COUNT; s++)
+                mb__metrics_forget(opts->metrics, cs->m_to[s]);
+            mb__free(cs);
             return st;
         }
     }
@@ -209,7 +216,7 @@ void mb_connstate_destroy(mb_connstate *cs)
     if (cs == NULL)
         return;
     pthread_mutex_destroy(&cs->lock);
-    free(cs);
+    mb__free(cs);
 }
 
 mb_conn_state mb_connstate_get(mb_connstate *cs)

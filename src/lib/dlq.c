@@ -82,6 +82,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "alloc.h"
+#include "metrics_int.h"
 #include "dlq_int.h"
 
 #define DEFAULT_MAX_BYTES     (1ull << 30)
@@ -191,7 +193,7 @@ int mb__dlq_ix_reserve(mb_dlq *d, size_t more)
     size_t cap = d->capix ? d->capix : 1024;
     while (cap - d->nix < more)
         cap *= 2;
-    dlq_ix *p = realloc(d->ix, cap * sizeof *p);
+    dlq_ix *p = mb__realloc(d->ix, cap * sizeof *p);
     if (p == NULL)
         return -1;
     d->ix = p;
@@ -256,7 +258,7 @@ int mb__dlq_segs_push(mb_dlq *d, dlq_seg *s)
 {
     if (d->nsegs == d->capsegs) {
         size_t cap = d->capsegs ? d->capsegs * 2 : 16;
-        dlq_seg **p = realloc(d->segs, cap * sizeof *p);
+        dlq_seg **p = mb__realloc(d->segs, cap * sizeof *p);
         if (p == NULL)
             return -1;
         d->segs = p;
@@ -271,13 +273,13 @@ static mb_status seg_create(mb_dlq *d, uint64_t seq, uint64_t base_id, dlq_seg *
 {
     char name[64];
     mb__dlq_seg_name(name, sizeof name, seq);
-    dlq_seg *s = calloc(1, sizeof *s);
+    dlq_seg *s = mb__calloc(1, sizeof *s);
     if (s == NULL)
         return mb_err_set(err, MB_ENOMEM, "dlq: out of memory");
     int fd = openat(d->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
         int e = errno;
-        free(s);
+        mb__free(s);
         return mb_err_set(err, MB_EIO, "dlq: creating %s/%s: %s", d->dir, name, strerror(e));
     }
     uint8_t hdr[DLQ_SEG_HDR];
@@ -287,7 +289,7 @@ static mb_status seg_create(mb_dlq *d, uint64_t seq, uint64_t base_id, dlq_seg *
         int e = errno;
         close(fd);
         unlinkat(d->dirfd, name, 0);
-        free(s);
+        mb__free(s);
         return mb_err_set(err, MB_EIO, "dlq: writing %s/%s: %s", d->dir, name, strerror(e));
     }
     s->seq = seq;
@@ -326,7 +328,7 @@ static void seg_delete(mb_dlq *d, size_t i)
     }
     atomic_fetch_sub_explicit(&d->total_bytes, s->size, memory_order_relaxed);
     close(s->fd);
-    free(s);
+    mb__free(s);
     memmove(d->segs + i, d->segs + i + 1, (d->nsegs - i - 1) * sizeof *d->segs);
     d->nsegs--;
 }
@@ -439,7 +441,7 @@ static mb_status roll(mb_dlq *d, uint64_t base_id, mb_err *err)
         mb__dlq_seg_name(name, sizeof name, seq);
         close(s->fd);
         unlinkat(d->dirfd, name, 0);
-        free(s);
+        mb__free(s);
         return mb_err_set(err, MB_ENOMEM, "dlq: out of memory");
     }
     d->active = s;
@@ -642,7 +644,7 @@ static void complete(mb_dlq *d, dlq_item *batch, dlq_item *failed, mb_status st,
         mb__dlq_logf(d, "%s (%zu records failed)", err->msg, nfail);
     while (batch != NULL) {
         dlq_item *next = batch->next;
-        free(batch);
+        mb__free(batch);
         batch = next;
     }
 }
@@ -788,7 +790,7 @@ static mb_status put_common(mb_dlq *d, mb_dlq_entry *e, bool durable, mb_dlq_don
         mb_counter_add(d->m.fail_invalid, 1);
         return mb_err_set(err, MB_EINVAL, "dlq put: first failure after the last one");
     }
-    dlq_item *it = malloc(sizeof *it + size);
+    dlq_item *it = mb__malloc(sizeof *it + size);
     if (it == NULL)
         return mb_err_set(err, MB_ENOMEM, "dlq put: out of memory");
     mb__dlq_entry_encode(it->rec, size, e, 0, now, first, last);
@@ -805,7 +807,7 @@ static mb_status put_common(mb_dlq *d, mb_dlq_entry *e, bool durable, mb_dlq_don
     uint64_t assigned = 0;
     mb_status st = enqueue(d, it, false, &assigned, err);
     if (st != MB_OK) {
-        free(it);
+        mb__free(it);
         return st;
     }
     mb_counter_add(d->m.puts, 1);
@@ -834,7 +836,7 @@ mb_status mb_dlq_put_async(mb_dlq *d, mb_dlq_entry *e, mb_dlq_done_fn done, void
 mb_status mb__dlq_mark(mb_dlq *d, uint8_t type, const uint64_t *ids, size_t n, mb_err *err)
 {
     size_t size = DLQ_FRAME + DLQ_MARK_FIXED + 8 * n;
-    dlq_item *it = calloc(1, sizeof *it + size);
+    dlq_item *it = mb__calloc(1, sizeof *it + size);
     if (it == NULL)
         return mb_err_set(err, MB_ENOMEM, "dlq: out of memory");
     uint8_t *r = it->rec;
@@ -851,7 +853,7 @@ mb_status mb__dlq_mark(mb_dlq *d, uint8_t type, const uint64_t *ids, size_t n, m
     it->waiter = &w;
     mb_status st = enqueue(d, it, true, NULL, err);
     if (st != MB_OK) {
-        free(it);
+        mb__free(it);
         return st;
     }
     if (w.st != MB_OK)
@@ -933,14 +935,29 @@ static mb_status reg_metrics(mb_dlq *d, mb_metrics *m, const char *L, mb_err *er
                                 err);
 }
 
+/* Take back the metrics registered in a caller's registry, when open fails
+ * part way, so that the registry is as it was and open can be retried. */
+static void forget_metrics(mb_dlq *d, mb_metrics *m)
+{
+    if (m == NULL || m == d->own_metrics)
+        return;
+    dlq_metrics *x = &d->m;
+    const void *all[] = {x->depth,     x->bytes,      x->segments,     x->oldest_age, x->puts,
+                         x->fail_full, x->fail_limit, x->fail_invalid, x->fail_io,    x->fsyncs,
+                         x->torn,      x->corrupt,    x->drop_age,     x->drop_size,  x->replayed,
+                         x->purged,    x->per_fsync};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        mb__metrics_forget(m, all[i]);
+}
+
 static void dlq_free(mb_dlq *d)
 {
     for (size_t i = 0; i < d->nsegs; i++) {
         close(d->segs[i]->fd);
-        free(d->segs[i]);
+        mb__free(d->segs[i]);
     }
-    free(d->segs);
-    free(d->ix);
+    mb__free(d->segs);
+    mb__free(d->ix);
     if (d->lockfd >= 0)
         close(d->lockfd); /* releases the flock */
     if (d->dirfd >= 0)
@@ -951,8 +968,8 @@ static void dlq_free(mb_dlq *d)
     pthread_cond_destroy(&d->wcv);
     pthread_cond_destroy(&d->done_cv);
     pthread_cond_destroy(&d->space_cv);
-    free(d->dir);
-    free(d);
+    mb__free(d->dir);
+    mb__free(d);
 }
 
 static mb_status resolve_opts(mb_dlq *d, const mb_dlq_opts *o, mb_err *err)
@@ -994,7 +1011,7 @@ mb_status mb__dlq_open_ex(const char *dir, const mb_dlq_opts *opts, unsigned fla
         return mb_err_set(err, MB_EINVAL, "dlq open: NULL or empty argument");
     mb_dlq_opts dflt = {0};
     const mb_dlq_opts *o = opts ? opts : &dflt;
-    mb_dlq *d = calloc(1, sizeof *d);
+    mb_dlq *d = mb__calloc(1, sizeof *d);
     if (d == NULL)
         return mb_err_set(err, MB_ENOMEM, "dlq open: out of memory");
     d->dirfd = d->lockfd = -1;
@@ -1011,19 +1028,20 @@ mb_status mb__dlq_open_ex(const char *dir, const mb_dlq_opts *opts, unsigned fla
     pthread_condattr_destroy(&ca);
     mb_status st = resolve_opts(d, o, err);
     mb_metrics *m = o->metrics;
-    if (st == MB_OK && (d->dir = strdup(dir)) == NULL)
+    if (st == MB_OK && (d->dir = mb__strdup(dir)) == NULL)
         st = mb_err_set(err, MB_ENOMEM, "dlq open: out of memory");
     if (st == MB_OK && m == NULL && (st = mb_metrics_create(&d->own_metrics, err)) == MB_OK)
         m = d->own_metrics;
     if (st == MB_OK)
         st = reg_metrics(d, m, o->labels, err);
     if (st != MB_OK) {
+        forget_metrics(d, m);
         dlq_free(d);
         return st;
     }
     if (o->create && !d->read_only && mkdir(dir, 0700) == 0) {
         /* Make the new directory's entry durable in its parent. */
-        char *parent = strdup(dir);
+        char *parent = mb__strdup(dir);
         if (parent != NULL) {
             char *slash = strrchr(parent, '/');
             const char *pd = slash == NULL ? "." : (slash == parent ? "/" : parent);
@@ -1035,12 +1053,13 @@ mb_status mb__dlq_open_ex(const char *dir, const mb_dlq_opts *opts, unsigned fla
                     fsync(pfd);
                 close(pfd);
             }
-            free(parent);
+            mb__free(parent);
         }
     }
     d->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (d->dirfd < 0) {
         int e = errno;
+        forget_metrics(d, m);
         dlq_free(d);
         return mb_err_set(err, e == ENOENT ? MB_ENOTFOUND : MB_EIO, "dlq open: %s: %s", dir,
                           strerror(e));
@@ -1049,6 +1068,7 @@ mb_status mb__dlq_open_ex(const char *dir, const mb_dlq_opts *opts, unsigned fla
         d->lockfd = openat(d->dirfd, "dlq.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
         if (d->lockfd < 0 || flock(d->lockfd, LOCK_EX | LOCK_NB) != 0) {
             int e = errno;
+            forget_metrics(d, m);
             dlq_free(d);
             if (e == EWOULDBLOCK)
                 return mb_err_set(err, MB_ESTATE,
@@ -1061,8 +1081,12 @@ mb_status mb__dlq_open_ex(const char *dir, const mb_dlq_opts *opts, unsigned fla
         dlq_seg *s = NULL;
         st = seg_create(d, d->next_seg_seq++, d->next_id, &s, err);
         if (st == MB_OK && mb__dlq_segs_push(d, s) != 0) {
+            /* Leave the directory as it was: no empty segment behind. */
+            char name[64];
+            mb__dlq_seg_name(name, sizeof name, s->seq);
             close(s->fd);
-            free(s);
+            unlinkat(d->dirfd, name, 0);
+            mb__free(s);
             st = mb_err_set(err, MB_ENOMEM, "dlq open: out of memory");
         }
         if (st == MB_OK)
@@ -1083,6 +1107,7 @@ mb_status mb__dlq_open_ex(const char *dir, const mb_dlq_opts *opts, unsigned fla
             d->writer_started = true;
     }
     if (st != MB_OK) {
+        forget_metrics(d, m);
         dlq_free(d);
         return st;
     }

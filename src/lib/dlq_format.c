@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "crc32c.h"
 #include "dlq_int.h"
 
@@ -307,7 +308,7 @@ mb_dlq_entry *mb__dlq_entry_copy(const dlq_view *v, uint32_t flags)
     size_t hdr_arr = (size_t)v->nheaders * sizeof(mb_dlq_header);
     size_t strings = (size_t)v->subject_len + 1 + v->origin_len + 1 + v->message_len + 1 +
                      v->headers_len + v->payload_len + 1;
-    mb_dlq_entry *e = malloc(sizeof *e + hdr_arr + strings);
+    mb_dlq_entry *e = mb__malloc(sizeof *e + hdr_arr + strings);
     if (e == NULL)
         return NULL;
     mb_dlq_header *hdrs = (mb_dlq_header *)(void *)(e + 1);
@@ -341,7 +342,7 @@ mb_dlq_entry *mb__dlq_entry_copy(const dlq_view *v, uint32_t flags)
 
 void mb_dlq_entry_free(mb_dlq_entry *e)
 {
-    free(e);
+    mb__free(e);
 }
 
 uint32_t mb__dlq_subject_hash(const void *s, size_t n)

@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "alloc.h"
 #include "dlq_int.h"
 
 static int64_t now_wall_ms(const mb_dlq *d)
@@ -36,7 +37,7 @@ static int64_t now_wall_ms(const mb_dlq *d)
 mb_status mb__dlq_read(mb_dlq *d, const dlq_ix *x, uint8_t **buf, size_t *cap, mb_err *err)
 {
     if (*cap < x->len) {
-        uint8_t *p = realloc(*buf, x->len);
+        uint8_t *p = mb__realloc(*buf, x->len);
         if (p == NULL)
             return mb_err_set(err, MB_ENOMEM, "dlq: out of memory reading entry %" PRIu64, x->id);
         *buf = p;
@@ -166,11 +167,11 @@ mb_status mb_dlq_list(mb_dlq *d, const mb_dlq_filter *f, mb_dlq_visit_fn fn, voi
         }
         n++;
         int stop = fn(ctx, e);
-        free(e);
+        mb__free(e);
         if (stop)
             break;
     }
-    free(buf);
+    mb__free(buf);
     if (count != NULL)
         *count = n;
     return st;
@@ -198,7 +199,7 @@ static mb_status read_one(mb_dlq *d, uint64_t id, bool include_replayed, mb_dlq_
     if (st == MB_OK &&
         (*out = mb__dlq_entry_copy(&v, x.flags & IX_REPLAYED ? MB_DLQ_REPLAYED : 0)) == NULL)
         st = mb_err_set(err, MB_ENOMEM, "dlq: out of memory");
-    free(buf);
+    mb__free(buf);
     return st;
 }
 
@@ -230,7 +231,7 @@ static mb_status collect(mb_dlq *d, const matcher *m, size_t max, uint64_t **ids
         after = v.id;
         if (*n == icap) {
             size_t nc = icap ? icap * 2 : 256;
-            uint64_t *p = realloc(*ids, nc * sizeof *p);
+            uint64_t *p = mb__realloc(*ids, nc * sizeof *p);
             if (p == NULL) {
                 st = mb_err_set(err, MB_ENOMEM, "dlq: out of memory");
                 break;
@@ -240,9 +241,9 @@ static mb_status collect(mb_dlq *d, const matcher *m, size_t max, uint64_t **ids
         }
         (*ids)[(*n)++] = v.id;
     }
-    free(buf);
+    mb__free(buf);
     if (st != MB_OK) {
-        free(*ids);
+        mb__free(*ids);
         *ids = NULL;
         *n = 0;
     }
@@ -355,7 +356,7 @@ mb_status mb_dlq_replay(mb_dlq *d, const mb_dlq_replay_opts *opts, mb_dlq_publis
         if (opts->progress != NULL)
             opts->progress(opts->progress_ctx, i + 1, n);
     }
-    free(ids);
+    mb__free(ids);
     if (res != NULL)
         *res = r;
     if (st == MB_OK && first_fail != MB_OK) {
@@ -387,7 +388,7 @@ mb_status mb_dlq_purge(mb_dlq *d, const mb_dlq_filter *f, size_t *purged, mb_err
         if (st == MB_OK && purged != NULL)
             *purged += k;
     }
-    free(ids);
+    mb__free(ids);
     return st;
 }
 

@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "alloc.h"
 #include "dlq_int.h"
 
 #define SCAN_BUF ((size_t)1 << 20)
@@ -42,7 +43,7 @@ static const uint8_t *window(scanbuf *b, int fd, uint64_t size, uint64_t off, si
         return b->p + (off - b->start);
     size_t want = n > SCAN_BUF ? n : SCAN_BUF;
     if (want > b->cap) {
-        uint8_t *q = realloc(b->p, want);
+        uint8_t *q = mb__realloc(b->p, want);
         if (q == NULL) {
             *io = ENOMEM;
             return NULL;
@@ -202,7 +203,7 @@ static mb_status list_segments(mb_dlq *d, uint64_t **out, size_t *n, mb_err *err
             continue;
         if (cnt == cap) {
             size_t nc = cap ? cap * 2 : 64;
-            uint64_t *p = realloc(seqs, nc * sizeof *p);
+            uint64_t *p = mb__realloc(seqs, nc * sizeof *p);
             if (p == NULL) {
                 st = mb_err_set(err, MB_ENOMEM, "dlq: out of memory");
                 break;
@@ -214,7 +215,7 @@ static mb_status list_segments(mb_dlq *d, uint64_t **out, size_t *n, mb_err *err
     }
     closedir(dir);
     if (st != MB_OK) {
-        free(seqs);
+        mb__free(seqs);
         return st;
     }
     if (cnt > 0)
@@ -296,9 +297,9 @@ mb_status mb__dlq_recover(mb_dlq *d, mb_err *err)
             }
             continue;
         }
-        dlq_seg *s = calloc(1, sizeof *s);
+        dlq_seg *s = mb__calloc(1, sizeof *s);
         if (s == NULL || mb__dlq_segs_push(d, s) != 0) {
-            free(s);
+            mb__free(s);
             close(fd);
             st = mb_err_set(err, MB_ENOMEM, "dlq: out of memory");
             break;
@@ -315,8 +316,8 @@ mb_status mb__dlq_recover(mb_dlq *d, mb_err *err)
         st = scan_segment(d, s, newest, fsize, &b, &os, err);
         atomic_fetch_add(&d->total_bytes, s->size);
     }
-    free(b.p);
-    free(seqs);
+    mb__free(b.p);
+    mb__free(seqs);
     if (st != MB_OK)
         return st;
     /* next_id 0 means every id is used up (a file holding id 2^64 - 1). */

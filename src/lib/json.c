@@ -29,6 +29,8 @@
 #include <emmintrin.h>
 #endif
 
+#include "alloc.h"
+
 /* Byte classes for the string fast path. */
 enum {
     C_TOKEN = 0, /* [A-Za-z0-9_-] */
@@ -84,9 +86,9 @@ void mb__json_scan_init(mb__json_scan *s, const char *buf, size_t len, unsigned 
 void mb__json_scan_fini(mb__json_scan *s)
 {
     if (s->keys != NULL && s->keys != s->inline_keys)
-        free(s->keys);
+        mb__free(s->keys);
     if (s->levels != s->inline_levels)
-        free(s->levels);
+        mb__free(s->levels);
     s->keys = NULL;
     s->levels = s->inline_levels;
 }
@@ -490,7 +492,7 @@ static int key_equal(const mb__json_key *e, const mb__json_str *k)
 static mb_status keys_grow(mb__json_scan *s)
 {
     size_t cap = s->key_cap * 2;
-    mb__json_key *n = calloc(cap, sizeof *n);
+    mb__json_key *n = mb__calloc(cap, sizeof *n);
     if (n == NULL)
         return mb_err_set(s->err, MB_ENOMEM, "json: out of memory for the key set");
     for (size_t i = 0; i < s->key_cap; i++) {
@@ -503,7 +505,7 @@ static mb_status keys_grow(mb__json_scan *s)
         n[j] = *e;
     }
     if (s->keys != s->inline_keys)
-        free(s->keys);
+        mb__free(s->keys);
     s->keys = n;
     s->key_cap = cap;
     return MB_OK;
@@ -566,7 +568,7 @@ static void c_locale_init(void)
 static int real_overflows(const unsigned char *p, size_t n)
 {
     char small[64];
-    char *buf = n < sizeof small ? small : malloc(n + 1);
+    char *buf = n < sizeof small ? small : mb__malloc(n + 1);
     if (buf == NULL)
         return -1;
     memcpy(buf, p, n);
@@ -576,7 +578,7 @@ static int real_overflows(const unsigned char *p, size_t n)
     double v = c_locale ? strtod_l(buf, NULL, c_locale) : strtod(buf, NULL);
     int over = errno == ERANGE && (v == HUGE_VAL || v == -HUGE_VAL);
     if (buf != small)
-        free(buf);
+        mb__free(buf);
     return over;
 }
 
@@ -676,12 +678,12 @@ static mb_status push_level(mb__json_scan *s, size_t top, uint32_t v)
 {
     if (top == s->level_cap) {
         size_t cap = s->level_cap * 2;
-        uint32_t *n = malloc(cap * sizeof *n);
+        uint32_t *n = mb__malloc(cap * sizeof *n);
         if (n == NULL)
             return mb_err_set(s->err, MB_ENOMEM, "json: out of memory for nesting");
         memcpy(n, s->levels, s->level_cap * sizeof *n);
         if (s->levels != s->inline_levels)
-            free(s->levels);
+            mb__free(s->levels);
         s->levels = n;
         s->level_cap = cap;
     }

@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
+#include "metrics_int.h"
 #include "strbuf.h"
 
 typedef enum { KIND_COUNTER, KIND_GAUGE, KIND_HISTOGRAM } metric_kind;
@@ -95,7 +97,7 @@ mb_status mb_metrics_create(mb_metrics **out, mb_err *err)
 {
     if (out == NULL)
         return mb_err_set(err, MB_EINVAL, "metrics: NULL out");
-    mb_metrics *m = calloc(1, sizeof *m);
+    mb_metrics *m = mb__calloc(1, sizeof *m);
     if (m == NULL)
         return mb_err_set(err, MB_ENOMEM, "metrics: out of memory");
     pthread_mutex_init(&m->lock, NULL);
@@ -105,10 +107,10 @@ mb_status mb_metrics_create(mb_metrics **out, mb_err *err)
 
 static void entry_free(entry *e)
 {
-    free(e->name);
-    free(e->help);
-    free(e->labels);
-    free(e);
+    mb__free(e->name);
+    mb__free(e->help);
+    mb__free(e->labels);
+    mb__free(e);
 }
 
 void mb_metrics_destroy(mb_metrics *m)
@@ -117,9 +119,27 @@ void mb_metrics_destroy(mb_metrics *m)
         return;
     for (size_t i = 0; i < m->n; i++)
         entry_free(m->entries[i]);
-    free(m->entries);
+    mb__free(m->entries);
     pthread_mutex_destroy(&m->lock);
-    free(m);
+    mb__free(m);
+}
+
+void mb__metrics_forget(mb_metrics *m, const void *metric)
+{
+    if (m == NULL || metric == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < m->n; i++) {
+        entry *e = m->entries[i];
+        if ((const void *)&e->u != metric)
+            continue;
+        /* Keep the order of registration: exposition groups families by it. */
+        memmove(&m->entries[i], &m->entries[i + 1], (m->n - i - 1) * sizeof *m->entries);
+        m->n--;
+        entry_free(e);
+        break;
+    }
+    pthread_mutex_unlock(&m->lock);
 }
 
 static int valid_name(const char *s)
@@ -218,7 +238,7 @@ static mb_status add_entry(mb_metrics *m, metric_kind kind, const char *name, co
     }
     if (m->n == m->cap) {
         size_t cap = m->cap ? m->cap * 2 : 32;
-        entry **p = realloc(m->entries, cap * sizeof *p);
+        entry **p = mb__realloc(m->entries, cap * sizeof *p);
         if (p == NULL) {
             st = mb_err_set(err, MB_ENOMEM, "metrics: out of memory");
             goto out;
@@ -226,9 +246,9 @@ static mb_status add_entry(mb_metrics *m, metric_kind kind, const char *name, co
         m->entries = p;
         m->cap = cap;
     }
-    entry *e = calloc(1, sizeof *e);
-    if (e == NULL || (e->name = strdup(name)) == NULL || (e->help = strdup(help)) == NULL ||
-        (labels != NULL && (e->labels = strdup(labels)) == NULL)) {
+    entry *e = mb__calloc(1, sizeof *e);
+    if (e == NULL || (e->name = mb__strdup(name)) == NULL || (e->help = mb__strdup(help)) == NULL ||
+        (labels != NULL && (e->labels = mb__strdup(labels)) == NULL)) {
         if (e != NULL)
             entry_free(e);
         st = mb_err_set(err, MB_ENOMEM, "metrics: out of memory");
@@ -376,7 +396,7 @@ mb_status mb_metrics_format(mb_metrics *m, char **out, size_t *out_len, mb_err *
     mb__strbuf_init(&b, (size_t)1 << 30);
     mb_status st = MB_OK;
     pthread_mutex_lock(&m->lock);
-    char *done = calloc(m->n ? m->n : 1, 1);
+    char *done = mb__calloc(m->n ? m->n : 1, 1);
     if (done == NULL)
         st = MB_ENOMEM;
     /* One family at a time, in order of first registration. */
@@ -397,13 +417,17 @@ mb_status mb_metrics_format(mb_metrics *m, char **out, size_t *out_len, mb_err *
         }
     }
     pthread_mutex_unlock(&m->lock);
-    free(done);
+    mb__free(done);
     if (st != MB_OK) {
         mb__strbuf_free(&b);
         return mb_err_set(err, st, "metrics: cannot format exposition: %s", mb_status_str(st));
     }
-    *out = mb__strbuf_steal(&b, out_len);
-    if (*out == NULL)
+    size_t len;
+    char *text = mb__strbuf_steal(&b, &len);
+    if (text == NULL)
         return mb_err_set(err, MB_ENOMEM, "metrics: out of memory");
+    *out = text;
+    if (out_len != NULL)
+        *out_len = len;
     return MB_OK;
 }

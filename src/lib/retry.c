@@ -33,6 +33,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
+#include "metrics_int.h"
+
 #define MAX_ATTEMPTS_LIMIT 100u
 
 /* ---- jitter names ---- */
@@ -291,7 +294,7 @@ mb_status mb_retry_budget_create(const mb_retry_budget_opts *opts, mb_retry_budg
                           "retry budget: a retry cost (%u, timeout %u) is above max_tokens %u",
                           o.retry_cost, o.timeout_cost, o.max_tokens);
 
-    mb_retry_budget *b = calloc(1, sizeof *b);
+    mb_retry_budget *b = mb__calloc(1, sizeof *b);
     if (b == NULL)
         return mb_err_set(err, MB_ENOMEM, "retry budget: out of memory");
     b->max_tokens = o.max_tokens;
@@ -303,8 +306,9 @@ mb_status mb_retry_budget_create(const mb_retry_budget_opts *opts, mb_retry_budg
     b->refused = &b->own_refused;
 
     if (o.metrics != NULL) {
-        /* Metrics registered before a failure stay in the caller's registry,
-         * unused: a registry cannot take them back. */
+        /* On failure the metrics registered so far are taken back, so that
+         * the caller's registry is as it was and the call can be retried.
+         * Pointers still at the own_ fields are not in the registry. */
         mb_status st =
             mb_metrics_gauge(o.metrics, "mudbus_retry_budget_tokens",
                              "Tokens left in the retry budget.", o.labels, &b->tokens_gauge, err);
@@ -316,7 +320,10 @@ mb_status mb_retry_budget_create(const mb_retry_budget_opts *opts, mb_retry_budg
                                     "Retries refused because the budget was empty.", o.labels,
                                     &b->refused, err);
         if (st != MB_OK) {
-            free(b);
+            mb__metrics_forget(o.metrics, b->tokens_gauge);
+            mb__metrics_forget(o.metrics, b->granted);
+            mb__metrics_forget(o.metrics, b->refused);
+            mb__free(b);
             return st;
         }
     }
@@ -328,7 +335,7 @@ mb_status mb_retry_budget_create(const mb_retry_budget_opts *opts, mb_retry_budg
 
 void mb_retry_budget_destroy(mb_retry_budget *b)
 {
-    free(b);
+    mb__free(b);
 }
 
 bool mb_retry_budget_acquire(mb_retry_budget *b, mb_status failure)

@@ -31,6 +31,8 @@
 #include <stdatomic.h>
 #include <sys/random.h>
 
+#include "alloc.h"
+#include "metrics_int.h"
 #include "json.h"
 #include "mudbus/clock.h"
 
@@ -855,7 +857,7 @@ mb_status mb_schema_create(const mb_schema_opts *opts, mb_schema **out, mb_err *
     if (max_depth > MB_SCHEMA_MAX_DEPTH_LIMIT)
         return mb_err_set(err, MB_EINVAL, "schema: max_depth %u outside 1..%u", max_depth,
                           MB_SCHEMA_MAX_DEPTH_LIMIT);
-    mb_schema *s = calloc(1, sizeof *s);
+    mb_schema *s = mb__calloc(1, sizeof *s);
     if (s == NULL)
         return mb_err_set(err, MB_ENOMEM, "schema: out of memory");
     s->max_bytes = max_bytes;
@@ -877,8 +879,12 @@ mb_status mb_schema_create(const mb_schema_opts *opts, mb_schema **out, mb_err *
                                       "Time to validate one payload", NULL, 1e-9, &s->seconds,
                                       err);
         if (st != MB_OK) {
-            /* Metrics already registered stay in the registry, unused. */
-            free(s);
+            /* Take back what was registered, so that the call can be retried. */
+            mb__metrics_forget(m, s->validations);
+            for (int r = 0; r < REASON_COUNT; r++)
+                mb__metrics_forget(m, s->failures[r]);
+            mb__metrics_forget(m, s->seconds);
+            mb__free(s);
             return st;
         }
     }
@@ -888,7 +894,7 @@ mb_status mb_schema_create(const mb_schema_opts *opts, mb_schema **out, mb_err *
 
 void mb_schema_destroy(mb_schema *s)
 {
-    free(s);
+    mb__free(s);
 }
 
 /* ---- encoding ---- */

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
+
 void mb__strbuf_init(mb__strbuf *b, size_t max)
 {
     b->data = NULL;
@@ -18,7 +20,7 @@ void mb__strbuf_init(mb__strbuf *b, size_t max)
 
 void mb__strbuf_free(mb__strbuf *b)
 {
-    free(b->data);
+    mb__free(b->data);
     mb__strbuf_init(b, b->max);
 }
 
@@ -32,7 +34,7 @@ static mb_status reserve(mb__strbuf *b, size_t extra)
     size_t cap = b->cap ? b->cap : 256;
     while (cap < need)
         cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-    char *p = realloc(b->data, cap);
+    char *p = mb__realloc(b->data, cap);
     if (p == NULL)
         return MB_ENOMEM;
     b->data = p;
@@ -79,7 +81,7 @@ char *mb__strbuf_steal(mb__strbuf *b, size_t *len)
     if (len != NULL)
         *len = b->len;
     if (p == NULL)
-        p = calloc(1, 1);
+        p = mb__calloc(1, 1);
     mb__strbuf_init(b, b->max);
     return p;
 }

@@ -38,6 +38,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
+#include "metrics_int.h"
 #include "mudbus/clock.h"
 
 /* A subject of 255 bytes has at most 128 non-empty tokens. */
@@ -337,7 +339,7 @@ static pentry *entry_new(const char *name, size_t name_len, const char *pattern,
                          uint32_t ntok, uint32_t nph, uint32_t lit_len, mb_schema_kind schema)
 {
     size_t plen = strlen(pattern);
-    pentry *e = malloc(sizeof *e + ntok * sizeof(ptok) + name_len + 1 + plen + 1);
+    pentry *e = mb__malloc(sizeof *e + ntok * sizeof(ptok) + name_len + 1 + plen + 1);
     if (e == NULL)
         return NULL;
     char *nm = (char *)(e->toks + ntok);
@@ -445,11 +447,11 @@ static void snapshot_free(snapshot *s)
 {
     if (s == NULL)
         return;
-    free(s->entries);
-    free(s->htab);
-    free(s->nodes);
-    free(s->edges);
-    free(s);
+    mb__free(s->entries);
+    mb__free(s->htab);
+    mb__free(s->nodes);
+    mb__free(s->edges);
+    mb__free(s);
 }
 
 /* A new snapshot of list[0..n) plus `extra` (may be NULL), whose index must
@@ -466,16 +468,16 @@ static snapshot *snapshot_build(pentry *const *list, uint32_t n, pentry *extra)
     if (extra != NULL)
         ntoks += extra->ntok;
 
-    snapshot *s = calloc(1, sizeof *s);
-    pentry **sorted = malloc((total ? total : 1) * sizeof *sorted);
+    snapshot *s = mb__calloc(1, sizeof *s);
+    pentry **sorted = mb__malloc((total ? total : 1) * sizeof *sorted);
     if (s == NULL || sorted == NULL)
         goto fail;
     s->n = total;
     s->hmask = hsize - 1;
-    s->entries = malloc((total ? total : 1) * sizeof *s->entries);
-    s->htab = calloc(hsize, sizeof *s->htab);
-    s->nodes = malloc((ntoks + 1) * sizeof *s->nodes);
-    s->edges = malloc((ntoks ? ntoks : 1) * sizeof *s->edges);
+    s->entries = mb__malloc((total ? total : 1) * sizeof *s->entries);
+    s->htab = mb__calloc(hsize, sizeof *s->htab);
+    s->nodes = mb__malloc((ntoks + 1) * sizeof *s->nodes);
+    s->edges = mb__malloc((ntoks ? ntoks : 1) * sizeof *s->edges);
     if (s->entries == NULL || s->htab == NULL || s->nodes == NULL || s->edges == NULL)
         goto fail;
     if (n > 0)
@@ -492,20 +494,20 @@ static snapshot *snapshot_build(pentry *const *list, uint32_t n, pentry *extra)
     qsort(sorted, total, sizeof *sorted, seq_cmp);
     tbuild b = {sorted, s->nodes, s->edges, 0, 0};
     build_node(&b, 0, total, 0);
-    free(sorted);
+    mb__free(sorted);
     /* The bounds above count one node and one edge per token; shared
      * prefixes need fewer. Shrinking cannot move data we still point into. */
-    tnode *nodes = realloc(s->nodes, b.nn * sizeof *nodes);
+    tnode *nodes = mb__realloc(s->nodes, b.nn * sizeof *nodes);
     if (nodes != NULL)
         s->nodes = nodes;
     if (b.ne > 0) {
-        tedge *edges = realloc(s->edges, b.ne * sizeof *edges);
+        tedge *edges = mb__realloc(s->edges, b.ne * sizeof *edges);
         if (edges != NULL)
             s->edges = edges;
     }
     return s;
 fail:
-    free(sorted);
+    mb__free(sorted);
     snapshot_free(s);
     return NULL;
 }
@@ -572,7 +574,7 @@ mb_status mb_subject_registry_create(mb_metrics *metrics, mb_subject_registry **
 {
     if (out == NULL)
         return mb_err_set(err, MB_EINVAL, "subject registry: NULL out");
-    mb_subject_registry *r = calloc(1, sizeof *r);
+    mb_subject_registry *r = mb__calloc(1, sizeof *r);
     if (r == NULL)
         return mb_err_set(err, MB_ENOMEM, "subject registry: out of memory");
     pthread_mutex_init(&r->lock, NULL);
@@ -605,14 +607,23 @@ mb_status mb_subject_registry_create(mb_metrics *metrics, mb_subject_registry **
     if (st == MB_OK && (s = snapshot_build(pre, NBUILTIN, NULL)) == NULL)
         st = mb_err_set(err, MB_ENOMEM, "subject registry: out of memory");
     if (st != MB_OK) {
-        /* Metrics registered in a caller's registry cannot be taken back;
-         * they stay there, unused. */
+        /* Take back the metrics registered in a caller's registry, so that
+         * it is as it was and the call can be retried. */
         for (size_t i = 0; i < NBUILTIN; i++)
-            free(pre[i]);
-        if (r->own_metrics)
+            mb__free(pre[i]);
+        if (r->own_metrics) {
             mb_metrics_destroy(r->metrics);
+        } else {
+            mb__metrics_forget(r->metrics, r->builds);
+            mb__metrics_forget(r->metrics, r->checks);
+            mb__metrics_forget(r->metrics, r->sub_checks);
+            for (int i = 0; i < MB__SUBJECT_REASON_COUNT; i++)
+                mb__metrics_forget(r->metrics, r->failures[i]);
+            mb__metrics_forget(r->metrics, r->build_ns);
+            mb__metrics_forget(r->metrics, r->check_ns);
+        }
         pthread_mutex_destroy(&r->lock);
-        free(r);
+        mb__free(r);
         return st;
     }
     atomic_init(&r->snap, s);
@@ -627,7 +638,7 @@ void mb_subject_registry_destroy(mb_subject_registry *r)
     snapshot *s = atomic_load_explicit(&r->snap, memory_order_acquire);
     /* The newest snapshot lists every entry ever registered. */
     for (uint32_t i = 0; i < s->n; i++)
-        free(s->entries[i]);
+        mb__free(s->entries[i]);
     while (s != NULL) {
         snapshot *prev = s->prev;
         snapshot_free(s);
@@ -636,7 +647,7 @@ void mb_subject_registry_destroy(mb_subject_registry *r)
     if (r->own_metrics)
         mb_metrics_destroy(r->metrics);
     pthread_mutex_destroy(&r->lock);
-    free(r);
+    mb__free(r);
 }
 
 mb_metrics *mb_subject_registry_metrics(const mb_subject_registry *r)
@@ -700,7 +711,7 @@ mb_status mb_subject_register(mb_subject_registry *r, const char *name, const ch
 out:
     pthread_mutex_unlock(&r->lock);
     if (st != MB_OK)
-        free(e);
+        mb__free(e);
     return st;
 }
 

@@ -41,6 +41,9 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
+#include "alloc.h"
+#include "metrics_int.h"
+
 #define SLOT_BITS     24
 #define SLOT_MASK     ((UINT64_C(1) << SLOT_BITS) - 1)
 #define GEN_MASK      ((UINT64_C(1) << (64 - SLOT_BITS)) - 1)
@@ -162,11 +165,11 @@ static bool grow(mb_timerq *q)
     size_t alloc = q->alloc * 2;
     if (alloc > q->capacity)
         alloc = q->capacity;
-    hnode *h = realloc(q->heap, alloc * sizeof *h);
+    hnode *h = mb__realloc(q->heap, alloc * sizeof *h);
     if (h == NULL)
         return false;
     q->heap = h;
-    slot *s = realloc(q->slots, alloc * sizeof *s);
+    slot *s = mb__realloc(q->slots, alloc * sizeof *s);
     if (s == NULL)
         return false; /* the larger heap array is harmless */
     q->slots = s;
@@ -189,7 +192,7 @@ mb_status mb_timerq_create(const mb_timerq_opts *opts, mb_timerq **out, mb_err *
         return mb_err_set(err, MB_EINVAL, "timer queue: capacity %zu is above %zu", o.capacity,
                           MAX_CAPACITY);
 
-    mb_timerq *q = calloc(1, sizeof *q);
+    mb_timerq *q = mb__calloc(1, sizeof *q);
     if (q == NULL)
         return mb_err_set(err, MB_ENOMEM, "timer queue: out of memory");
     q->clock = o.clock != NULL ? *o.clock : *mb_clock_system();
@@ -201,14 +204,14 @@ mb_status mb_timerq_create(const mb_timerq_opts *opts, mb_timerq **out, mb_err *
     q->pending = &q->own_pending;
     q->fired = &q->own_fired;
     q->full = &q->own_full;
-    q->heap = malloc(q->alloc * sizeof *q->heap);
-    q->slots = malloc(q->alloc * sizeof *q->slots);
+    q->heap = mb__malloc(q->alloc * sizeof *q->heap);
+    q->slots = mb__malloc(q->alloc * sizeof *q->slots);
     mb_status st = MB_OK;
     if (q->heap == NULL || q->slots == NULL)
         st = mb_err_set(err, MB_ENOMEM, "timer queue: out of memory");
     if (st == MB_OK && o.metrics != NULL) {
-        /* Metrics registered before a failure stay in the caller's registry,
-         * unused: a registry cannot take them back. */
+        /* On failure the metrics registered so far are taken back below
+         * (pointers still at the own_ fields are not in the registry). */
         st = mb_metrics_gauge(o.metrics, "mudbus_timerq_pending", "Timers waiting to run.",
                               o.labels, &q->pending, err);
         if (st == MB_OK)
@@ -220,9 +223,12 @@ mb_status mb_timerq_create(const mb_timerq_opts *opts, mb_timerq **out, mb_err *
                                     &q->full, err);
     }
     if (st != MB_OK) {
-        free(q->heap);
-        free(q->slots);
-        free(q);
+        mb__metrics_forget(o.metrics, q->pending);
+        mb__metrics_forget(o.metrics, q->fired);
+        mb__metrics_forget(o.metrics, q->full);
+        mb__free(q->heap);
+        mb__free(q->slots);
+        mb__free(q);
         return st;
     }
     pthread_mutex_init(&q->lock, NULL);
@@ -248,9 +254,9 @@ void mb_timerq_destroy(mb_timerq *q)
     }
     pthread_mutex_unlock(&q->lock);
     pthread_mutex_destroy(&q->lock);
-    free(q->heap);
-    free(q->slots);
-    free(q);
+    mb__free(q->heap);
+    mb__free(q->slots);
+    mb__free(q);
 }
 
 /* ---- operations ---- */
