@@ -72,6 +72,30 @@ typedef struct mb_client_auth {
     const char *creds_file;      /* JWT + seed .creds file */
 } mb_client_auth;
 
+#define MB_CLIENT_MAX_CRITICAL 16
+
+/* JetStream for critical subjects (see "JetStream" below). Strings are
+ * borrowed for the call to mb_client_create. Only nats-server 2.9 features
+ * are used. */
+typedef struct mb_client_js_opts {
+    bool enabled;              /* default false: every subject goes through core NATS */
+    const char *critical_subjects[MB_CLIENT_MAX_CRITICAL]; /* subscription-style patterns;
+                                * default chat.whisper.player.*, chat.system,
+                                * mutes.changed.* */
+    size_t ncritical;
+    const char *stream;        /* default "MUDBUS_CRITICAL" */
+    bool memory_storage;       /* default false: file storage */
+    uint64_t max_age_ms;       /* default 24 h */
+    uint64_t duplicate_window_ms; /* Nats-Msg-Id dedup window; default 2 min */
+    uint64_t ack_wait_ms;      /* consumer ack wait; default 30 s */
+    unsigned max_deliver;      /* consumer deliveries before the DLQ; default 5 */
+    const char *durable_prefix; /* default "mudbus_<client name>" (no '.') */
+    unsigned fetch_batch;      /* messages per pull; default 64 */
+    uint64_t fetch_timeout_ms; /* one pull's wait (bounds unsubscribe latency); default 500 */
+    uint64_t publish_ack_timeout_ms; /* async publish ack wait; default 5000 */
+    int64_t max_pending;       /* async publishes in flight per connection; default 4096 */
+} mb_client_js_opts;
+
 /* Client options. Fill with mb_client_opts_default, then change what you need.
  * Strings are borrowed for the call to mb_client_create. */
 typedef struct mb_client_opts {
@@ -107,6 +131,7 @@ typedef struct mb_client_opts {
                                   * MB_CLIENT_EV_SLOW_CONSUMER; default 65536 */
     int sub_pending_bytes;       /* likewise in bytes; default 64 MiB */
     size_t max_payload;          /* default: the schema's max_bytes, at most the server's */
+    mb_client_js_opts js;          /* JetStream for critical subjects (see below) */
     mb_subject_registry *subjects; /* borrowed; NULL: the client creates one */
     mb_metrics *metrics;         /* borrowed; NULL: the client creates one, in which hot-path
                                   * timings are sampled 1 in 16 (mb_metrics_set_timing_sample) */
@@ -175,6 +200,7 @@ typedef struct mb_msg {
     size_t len;
     mb_schema_kind schema;
     const char *pattern; /* name of the subject's pattern */
+    uint64_t deliveries; /* JetStream: this delivery's number (1: first); 0 on core NATS */
 } mb_msg;
 
 /* What a handler made of a message (JetStream subscriptions ack by it; core
@@ -261,6 +287,49 @@ mb_status mb_client_dispatch(mb_client *c, size_t max, size_t *ran);
 
 /* Milliseconds until the next retry is due (-1: none), for poll timeouts. */
 int mb_client_timeout_ms(mb_client *c);
+
+/* ---- JetStream (critical subjects) ----
+ *
+ * With opts.js.enabled, mb_client_create creates the stream (js.stream,
+ * subjects = the critical patterns) or checks it, updating its subjects when
+ * they differ; any failure fails the create with the server's error (with
+ * start_disconnected and no connection up, this happens at the first
+ * critical publish or subscribe instead).
+ *
+ * Publishing on a subject matched by a critical pattern goes, after the same
+ * validation and breaker, to JetStream asynchronously, with the header
+ * Nats-Msg-Id = the payload's message_id (the stream drops a republished id
+ * within duplicate_window_ms). MB_PUB_SENT then means "handed to nats.c's
+ * async publisher"; a publish ack that fails (server error, no stream, no
+ * ack within publish_ack_timeout_ms) is retried through the retry queue when
+ * retryable, else dead-lettered (origin "publish"), and reported as an
+ * MB_CLIENT_EV_ERROR event. Core subscribers of the subject receive it too.
+ *
+ * Subscribing to a pattern that a critical pattern covers creates a durable
+ * pull consumer (explicit ack) named durable_prefix + the pattern (+ the queue
+ * group), fetched by one library thread per subscription. One client refuses
+ * a second subscription on the same durable (MB_EEXIST); processes that use
+ * the same durable_prefix share its messages (work sharing), so give each
+ * process its own prefix unless that is what you want. The handler's result acks
+ * (MB_HANDLED_OK), naks with a delay from the retry policy
+ * (MB_HANDLED_RETRY) or terminates and dead-letters (MB_HANDLED_FAIL, origin
+ * "consume"); an invalid message is terminated and dead-lettered; a message
+ * whose handler still asks for a retry at its max_deliver-th delivery is
+ * terminated and dead-lettered. In poll mode the handler runs in
+ * mb_client_dispatch and the ack follows its return.
+ *
+ * mb_client_unsubscribe deletes the durable consumer (nats.c deletes a
+ * consumer that its subscribe call created when the subscription is
+ * unsubscribed); mb_client_destroy keeps it, so a restarted client resumes
+ * where it stopped. */
+typedef struct mb_client_js_stats {
+    uint64_t acks, ack_failures, naks, terms, redeliveries;
+    uint64_t publish_acks, publish_ack_failures;
+    int64_t publish_pending; /* async publishes waiting for their ack */
+} mb_client_js_stats;
+
+/* Counters since creation (all 0 without JetStream). */
+void mb_client_js_stats_get(mb_client *c, mb_client_js_stats *out);
 
 /* ---- health and metrics ---- */
 

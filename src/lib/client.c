@@ -5,7 +5,9 @@
  * request/reply, listeners, health and metrics. The pool is in
  * client_pool.c, health checks and the client state in client_health.c,
  * nats.c callbacks, the client thread and poll-mode dispatch in
- * client_events.c.
+ * client_events.c, JetStream for critical subjects (the stream, async
+ * publishes with acks, durable pull consumers and their fetch threads) in
+ * client_js.c.
  *
  * DESIGN: threads.
  *
@@ -158,6 +160,7 @@ void mb_client_opts_default(mb_client_opts *o)
     o->dispatch_queue_max = 65536;
     o->sub_pending_msgs = MB__SUB_PENDING_MSGS;
     o->sub_pending_bytes = MB__SUB_PENDING_BYTES;
+    mb__js_opts_default(&o->js);
 }
 
 static mb_status check_opts(const mb_client_opts *o, mb_err *err)
@@ -366,6 +369,8 @@ mb_status mb_client_create(const mb_client_opts *opts, mb_client **out, mb_err *
     }
     if ((st = register_metrics(c, err)) != MB_OK)
         goto fail;
+    if ((st = mb__js_create(c, err)) != MB_OK)
+        goto fail;
     if (opts->subjects) {
         c->subjects = opts->subjects;
     } else {
@@ -433,6 +438,8 @@ mb_status mb_client_create(const mb_client_opts *opts, mb_client **out, mb_err *
     mb_connstate_transition(c->state, MB_CONN_CONNECTING, MB_OK, "starting", NULL);
     if ((st = mb__pool_start(c, err)) != MB_OK)
         goto fail;
+    if ((st = mb__js_start(c, err)) != MB_OK)
+        goto fail;
     mb__health_update_state(c, MB_ENOCONN, "pool started");
     mb__health_start(c);
     if ((st = mb__thread_start(c, err)) != MB_OK)
@@ -470,6 +477,7 @@ void mb__client_sub_unref(mb__sub *s)
 {
     if (atomic_fetch_sub(&s->refs, 1) != 1)
         return;
+    mb__js_sub_free(s->js);
     free(s->pattern);
     free(s->queue);
     free(s);
@@ -480,6 +488,7 @@ static void client_free(mb_client *c)
     pthread_mutex_lock(&c->lock);
     c->closing = true;
     pthread_mutex_unlock(&c->lock);
+    mb__js_close(c);
     mb__pool_close(c);
     for (mb__sub *s = c->subs; s; s = s->next)
         atomic_store(&s->active, false);
@@ -520,6 +529,7 @@ static void client_free(mb_client *c)
         mb_metrics_destroy(c->metrics);
     if (c->efd >= 0)
         close(c->efd);
+    mb__js_free(c);
     free(c->ring);
     free(c->strs);
     pthread_mutex_destroy(&c->lock);
@@ -587,7 +597,7 @@ mb_publish_disposition mb__client_dead_letter(mb_client *c, const char *subject,
 
 /* One attempt through breaker and pool. */
 static mb_status attempt(mb_client *c, const char *subject, const void *data, size_t len,
-                         uint32_t hash, mb_err *err)
+                         uint32_t hash, unsigned attempt_no, mb_err *err)
 {
     mb_breaker_ticket t;
     if (mb_breaker_acquire(c->breaker, &t) != MB_OK)
@@ -602,7 +612,9 @@ static mb_status attempt(mb_client *c, const char *subject, const void *data, si
         return mb_err_set(err, MB_ENOCONN, "publish on %s: %s", subject,
                           ever ? "no live connection in the pool" : "not yet connected");
     }
-    natsStatus s = natsConnection_Publish(nc, subject, data, (int)len);
+    natsStatus s = c->js && mb__js_critical(c, subject)
+                       ? mb__js_publish(c, k, nc, subject, data, len, attempt_no)
+                       : natsConnection_Publish(nc, subject, data, (int)len);
     if (s == NATS_OK) {
         mb_counter_add(k->published, 1);
         mb__pool_put(k);
@@ -673,7 +685,7 @@ static void retry_fire(void *arg, mb_timer_event ev)
         return;
     }
     mb_err e = {0};
-    mb_status st = attempt(c, r->subject, r->data, r->len, r->hash, &e);
+    mb_status st = attempt(c, r->subject, r->data, r->len, r->hash, r->attempts + 1, &e);
     if (st == MB_OK) {
         mb_counter_add(c->m_retried_ok, 1);
         free(r);
@@ -683,6 +695,31 @@ static void retry_fire(void *arg, mb_timer_event ev)
     r->last_status = st;
     snprintf(r->last_msg, sizeof r->last_msg, "%s", e.msg);
     after_failure(c, r);
+}
+
+/* A failed attempt of a message not yet in a retry record: copy it into one
+ * and schedule its next attempt, or dead-letter it. */
+static mb_publish_disposition failed(mb_client *c, const char *subject, size_t slen,
+                                     const void *data, size_t len, uint32_t hash, mb_status st,
+                                     const char *emsg, unsigned attempts)
+{
+    mb__retry *r = malloc(sizeof *r + len + slen + 1);
+    if (!r)
+        return mb__client_dead_letter(c, subject, data, len, st, emsg, attempts, 0, "publish");
+    memset(r, 0, sizeof *r);
+    r->c = c;
+    r->hash = hash;
+    r->attempts = attempts;
+    r->first_mono_ns = mb_clock_mono_ns(c->o.clock);
+    r->first_failure_ms = (int64_t)(mb_clock_wall_ns(c->o.clock) / 1000000u);
+    r->last_status = st;
+    snprintf(r->last_msg, sizeof r->last_msg, "%s", emsg);
+    r->len = len;
+    if (len)
+        memcpy(r->data, data, len);
+    r->subject = r->data + len;
+    memcpy(r->subject, subject, slen + 1);
+    return after_failure(c, r);
 }
 
 static void set_disp(mb_publish_disposition *d, mb_publish_disposition v)
@@ -720,7 +757,7 @@ static mb_status publish_impl(mb_client *c, const char *subject, const void *dat
     const char *key = popts && popts->ordering_key ? popts->ordering_key : subject;
     uint32_t hash = mb__pool_hash(key, key == subject ? slen : strlen(key));
     mb_err e = {0};
-    st = attempt(c, subject, data, len, hash, &e);
+    st = attempt(c, subject, data, len, hash, 1, &e);
     if (st == MB_OK) {
         set_disp(disp, MB_PUB_SENT);
         return MB_OK;
@@ -731,26 +768,17 @@ static mb_status publish_impl(mb_client *c, const char *subject, const void *dat
         set_disp(disp, MB_PUB_DROPPED); /* the caller was told: no event */
         return st;
     }
-    mb__retry *r = malloc(sizeof *r + len + slen + 1);
-    if (!r) {
-        set_disp(disp, mb__client_dead_letter(c, subject, data, len, st, e.msg, 1, 0, "publish"));
-        return st;
-    }
-    memset(r, 0, sizeof *r);
-    r->c = c;
-    r->hash = hash;
-    r->attempts = 1;
-    r->first_mono_ns = mb_clock_mono_ns(c->o.clock);
-    r->first_failure_ms = (int64_t)(mb_clock_wall_ns(c->o.clock) / 1000000u);
-    r->last_status = st;
-    snprintf(r->last_msg, sizeof r->last_msg, "%s", e.msg);
-    r->len = len;
-    if (len)
-        memcpy(r->data, data, len);
-    r->subject = r->data + len;
-    memcpy(r->subject, subject, slen + 1);
-    set_disp(disp, after_failure(c, r));
+    set_disp(disp, failed(c, subject, slen, data, len, hash, st, e.msg, 1));
     return st;
+}
+
+mb_publish_disposition mb__client_publish_failed(mb_client *c, const char *subject,
+                                                 const void *data, size_t len, mb_status st,
+                                                 const char *msg, unsigned attempts)
+{
+    size_t slen = strlen(subject);
+    return failed(c, subject, slen, data, len, mb__pool_hash(subject, slen), st, msg,
+                  attempts ? attempts : 1);
 }
 
 mb_status mb_client_publish(mb_client *c, const char *subject, const void *data, size_t len,
@@ -856,9 +884,11 @@ void mb__client_deliver(mb_client *c, mb__sub *s, natsMsg *msg, const mb_subject
                 .data = data ? data : "",
                 .len = (size_t)natsMsg_GetDataLength(msg),
                 .schema = info->schema,
-                .pattern = info->name};
+                .pattern = info->name,
+                .deliveries = s->js ? mb__js_deliveries(msg) : 0};
     mb_counter_add(c->m_delivered, 1);
-    switch (s->fn(s->ctx, &m)) {
+    mb_handled h = s->fn(s->ctx, &m);
+    switch (h) {
     case MB_HANDLED_OK:
         mb_counter_add(c->m_handled_ok, 1);
         break;
@@ -869,6 +899,8 @@ void mb__client_deliver(mb_client *c, mb__sub *s, natsMsg *msg, const mb_subject
         mb_counter_add(c->m_handled_fail, 1);
         break;
     }
+    if (s->js)
+        mb__js_settle(c, s, msg, h, m.deliveries);
 }
 
 mb_status mb_client_subscribe(mb_client *c, const char *pattern, const char *queue_group,
@@ -896,6 +928,14 @@ mb_status mb_client_subscribe(mb_client *c, const char *pattern, const char *que
         mb__client_sub_unref(s);
         return mb_err_set(err, MB_ENOMEM, "out of memory");
     }
+    if (c->js && mb__js_critical(c, pattern)) {
+        /* A durable pull consumer with its own fetch thread (client_js.c). */
+        if ((st = mb__js_subscribe(c, s, err)) != MB_OK) {
+            mb__client_sub_unref(s);
+            return st;
+        }
+        goto listed;
+    }
     natsConnection *nc;
     mb__conn *k = mb__pool_get(c, mb__pool_hash(pattern, plen), &nc);
     if (!k) {
@@ -920,6 +960,7 @@ mb_status mb_client_subscribe(mb_client *c, const char *pattern, const char *que
         atomic_fetch_sub(&c->subs_alive, 1);
         atomic_fetch_sub(&s->refs, 1);
     }
+listed:
     pthread_mutex_lock(&c->subs_lock);
     s->id = ++c->next_sub_id;
     s->next = c->subs;
@@ -946,6 +987,11 @@ mb_status mb_client_unsubscribe(mb_client *c, mb_sub_id id, mb_err *err)
         return mb_err_set(err, MB_ENOTFOUND, "no subscription with id %llu",
                           (unsigned long long)id);
     atomic_store(&s->active, false);
+    if (s->js) {
+        mb_status jst = mb__js_unsubscribe(c, s, err); /* deletes the durable consumer */
+        mb__client_sub_unref(s);
+        return jst;
+    }
     natsStatus ns = natsSubscription_Unsubscribe(s->ns);
     mb_status st = MB_OK;
     /* A subscription whose connection closed is gone anyway: not an error. */

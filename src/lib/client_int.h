@@ -2,8 +2,9 @@
 /*
  * client_int: the internal structure of mb_client, shared by client.c (API,
  * publish pipeline, subscriptions), client_pool.c (connections),
- * client_health.c (health checks, client state) and client_events.c (nats.c
- * callbacks, the client thread, poll-mode dispatch). The thread model is
+ * client_health.c (health checks, client state), client_events.c (nats.c
+ * callbacks, the client thread, poll-mode dispatch) and client_js.c
+ * (JetStream for critical subjects). The thread model is
  * described at the top of client.c.
  */
 #ifndef MUDBUS_CLIENT_INT_H
@@ -60,6 +61,7 @@ typedef struct mb__sub {
      * subscription's on-complete callback), one per queued delivery. */
     _Atomic int refs;
     struct mb__sub *next;
+    struct mb__js_sub *js; /* JetStream pull subscription (client_js.c); NULL: core */
 } mb__sub;
 
 /* Poll mode: one pending handler or listener call. */
@@ -152,6 +154,8 @@ struct mb_client {
         *m_dropped, *m_delivered, *m_invalid, *m_slow, *m_health_fail, *m_events_lost,
         *m_connect_fail, *m_repairs, *m_dq_full, *m_handled_ok, *m_handled_retry, *m_handled_fail;
     mb_histogram *m_rtt;
+
+    struct mb__js *js; /* JetStream for critical subjects (client_js.c); NULL: disabled */
 };
 
 /* client.c */
@@ -163,7 +167,15 @@ void mb__client_log(mb_client *c, const char *fmt, ...)
 #endif
     ;
 void mb__client_retry_due(mb_client *c); /* run due retries (driver thread) */
+/* Run the handler (and, for a JetStream subscription, ack/nak/term by its
+ * result). */
 void mb__client_deliver(mb_client *c, mb__sub *sub, natsMsg *msg, const mb_subject_info *info);
+/* A publish that failed after its call returned (a JetStream publish ack):
+ * retry it through the retry queue, or dead-letter it, as a failed first
+ * attempt would be. `attempts` made so far. Any thread, no lock held. */
+mb_publish_disposition mb__client_publish_failed(mb_client *c, const char *subject,
+                                                 const void *data, size_t len, mb_status st,
+                                                 const char *msg, unsigned attempts);
 void mb__client_sub_unref(mb__sub *s);
 /* Put a failed message into the DLQ (mb_dlq_put_async: never blocks) and
  * report MB_CLIENT_EV_DEAD_LETTERED, or, without a DLQ or when it refuses,
@@ -205,5 +217,34 @@ void mb__msg_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *c
 void mb__sub_complete_cb(void *closure);
 void mb__dq_free_all(mb_client *c);
 void mb__efd_signal(mb_client *c);
+
+/* client_js.c (JetStream for critical subjects; every function is a no-op
+ * or false when c->js is NULL, except where noted) */
+void mb__js_opts_default(mb_client_js_opts *o);
+/* Check and copy the options, register the metrics (before the pool starts). */
+mb_status mb__js_create(mb_client *c, mb_err *err);
+/* Create or check the stream on a live connection (after the pool started). */
+mb_status mb__js_start(mb_client *c, mb_err *err);
+/* At destroy, before the pool closes: stop the fetch threads (durables are
+ * kept), wait (bounded) for publish acks, fail what is still pending. */
+void mb__js_close(mb_client *c);
+void mb__js_free(mb_client *c);
+/* Whether `subject` (or a subscription pattern) is covered by a critical
+ * pattern. */
+bool mb__js_critical(mb_client *c, const char *subject);
+/* Publish asynchronously on JetStream through slot k (its lock held shared,
+ * nc its connection). c->js must be set. */
+natsStatus mb__js_publish(mb_client *c, mb__conn *k, natsConnection *nc, const char *subject,
+                          const void *data, size_t len, unsigned attempt_no);
+/* Subscribe s (filled but not listed) as a durable pull consumer. */
+mb_status mb__js_subscribe(mb_client *c, mb__sub *s, mb_err *err);
+/* Unsubscribe s (unlisted, inactive): stop its fetch thread, delete its
+ * durable. Does not drop the list's reference. */
+mb_status mb__js_unsubscribe(mb_client *c, mb__sub *s, mb_err *err);
+/* The delivery number of a JetStream message (1: first), 0 if unknown. */
+uint64_t mb__js_deliveries(natsMsg *msg);
+/* Ack, nak or term a JetStream message by its handler's result. */
+void mb__js_settle(mb_client *c, mb__sub *s, natsMsg *msg, mb_handled h, uint64_t deliveries);
+void mb__js_sub_free(struct mb__js_sub *q);
 
 #endif

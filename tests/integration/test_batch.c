@@ -233,7 +233,7 @@ static void test_flush_on_size(void **state)
     assert_int_equal(s.pending_messages, 9);
     assert_int_equal(s.flushes, 0);
     assert_int_equal(add_event("events.game_tick", 0, 9, NULL), MB_OK);
-    assert_true(wait_count(&r.count, 10, 3000));
+    assert_true(wait_count(&r.count, 10, 10000));
     for (int i = 0; i < 10; i++)
         assert_int_equal(r.seq[i], i);
     mb_batch_stats_get(F.b, &s);
@@ -249,7 +249,7 @@ static void test_flush_on_size(void **state)
      * last 5 would rightly wait for the delay). */
     for (int i = 10; i < 50; i++)
         assert_int_equal(add_event("events.game_tick", 0, i, NULL), MB_OK);
-    assert_true(wait_count(&r.count, 50, 3000));
+    assert_true(wait_count(&r.count, 50, 10000));
     for (int i = 10; i < 50; i++)
         assert_int_equal(r.seq[i], i);
     mb_batch_stats_get(F.b, &s);
@@ -276,7 +276,7 @@ static void test_flush_on_bytes(void **state)
     sleep_ms(100); /* negative check */
     assert_int_equal(atomic_load(&r.count), 0);
     assert_int_equal(add_event("events.player_entered.hall", 0, 2, NULL), MB_OK);
-    assert_true(wait_count(&r.count, 3, 3000));
+    assert_true(wait_count(&r.count, 3, 10000));
     mb_batch_stats s;
     mb_batch_stats_get(F.b, &s);
     assert_int_equal(s.flushes, 1);
@@ -296,18 +296,18 @@ static void test_flush_on_delay(void **state)
     create_batch(&o);
     uint64_t t0 = now_ms();
     assert_int_equal(add_event("events.game_tick", 0, 1, NULL), MB_OK);
-    assert_true(wait_count(&r.count, 1, 3000));
+    assert_true(wait_count(&r.count, 1, 10000));
     uint64_t took = now_ms() - t0;
     assert_true(took >= 20);  /* not before its delay */
-    assert_true(took < 1000); /* max_delay plus a margin for a loaded machine */
+    assert_true(took < 3000); /* max_delay plus a margin for a loaded machine */
     assert_true(metric_has("mudbus_batch_flushes_total{reason=\"delay\"} 1\n"));
     /* Twice more: the flusher sleeps untimed in between and is woken. */
     for (int k = 2; k <= 3; k++) {
         sleep_ms(30);
         t0 = now_ms();
         assert_int_equal(add_event("events.game_tick", 0, k, NULL), MB_OK);
-        assert_true(wait_count(&r.count, k, 3000));
-        assert_true(now_ms() - t0 < 1000);
+        assert_true(wait_count(&r.count, k, 10000));
+        assert_true(now_ms() - t0 < 3000);
     }
 }
 
@@ -330,7 +330,7 @@ static void test_flush_on_delay_manual_clock(void **state)
     sleep_ms(100);
     assert_int_equal(atomic_load(&r.count), 0);
     mb_manual_clock_advance(F.mclock, 1u * 1000000u);
-    assert_true(wait_count(&r.count, 1, 3000));
+    assert_true(wait_count(&r.count, 1, 10000));
 }
 
 static void test_explicit_flush(void **state)
@@ -355,8 +355,8 @@ static void test_explicit_flush(void **state)
     assert_int_equal(s.pending_bytes, 0);
     assert_int_equal(s.flushes, 2);
     assert_int_equal(s.sent, 10);
-    assert_true(wait_count(&a.count, 5, 3000));
-    assert_true(wait_count(&c.count, 5, 3000));
+    assert_true(wait_count(&a.count, 5, 10000));
+    assert_true(wait_count(&c.count, 5, 10000));
     assert_true(metric_has("mudbus_batch_flushes_total{reason=\"explicit\"} 2\n"));
     /* Flushing with nothing pending is fine. */
     assert_int_equal(mb_batch_flush(F.b, 1000, NULL), MB_OK);
@@ -422,7 +422,7 @@ static void test_would_block(void **state)
     assert_int_equal(s.pending_messages, 0);
     assert_int_equal(add_event("events.game_tick", 0, 20, NULL), MB_OK);
     assert_int_equal(mb_batch_flush(F.b, 3000, NULL), MB_OK);
-    assert_true(wait_count(&r.count, 21, 3000));
+    assert_true(wait_count(&r.count, 21, 10000));
     for (int i = 0; i < 21; i++)
         assert_int_equal(r.seq[i], i); /* the refused one was not kept */
     assert_true(metric_has("mudbus_batch_would_block_total 1\n"));
@@ -457,7 +457,7 @@ static void test_would_block(void **state)
     assert_true(metric_lacks("mudbus_batch_would_block_total{batch=\"second\"} 0\n"));
     assert_true(metric_lacks("mudbus_batch_flushes_total{batch=\"second\",reason=\"full\"} 0\n"));
     mb_batch_destroy(b2);
-    assert_true(wait_count(&r.count, 24, 3000));
+    assert_true(wait_count(&r.count, 24, 10000));
     /* A second batch with the same (no) labels in one registry is refused. */
     mb_batch_opts_default(&o);
     o.metrics = F.metrics;
@@ -626,7 +626,7 @@ static void test_invalid_refused_at_add(void **state)
                        "\"content\":\"hello\",\"room_id\":\"r1\"}";
     assert_int_equal(mb_batch_add(F.b, "chat.say.room.r1", good, strlen(good), &err), MB_OK);
     assert_int_equal(mb_batch_flush(F.b, 3000, NULL), MB_OK);
-    assert_true(wait_count(&r.count, 1, 3000));
+    assert_true(wait_count(&r.count, 1, 10000));
     sleep_ms(50); /* negative check: nothing else arrives */
     assert_int_equal(atomic_load(&r.count), 1);
     mb_batch_stats_get(F.b, &s);
@@ -653,8 +653,8 @@ static void test_destroy_flushes_pending(void **state)
     assert_int_equal(atomic_load(&a.count), 0);
     mb_batch_destroy(F.b);
     F.b = NULL;
-    assert_true(wait_count(&a.count, 30, 3000));
-    assert_true(wait_count(&b.count, 20, 3000));
+    assert_true(wait_count(&a.count, 30, 10000));
+    assert_true(wait_count(&b.count, 20, 10000));
     for (int i = 0; i < 30; i++)
         assert_int_equal(a.seq[i], i);
     mb_batch_destroy(NULL);
