@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -771,6 +772,75 @@ static void test_freeze_degraded(void **state)
     free(text);
 }
 
+/* Lame duck: the server announces a graceful shutdown (SIGUSR2); nats.c's
+ * lame-duck callback only enqueues, and the listener gets the event on the
+ * client thread. */
+static void test_event_lame_duck(void **state)
+{
+    (void)state;
+    natsrv_opts so = {.extra_conf =
+                          "lame_duck_duration: \"30s\"\nlame_duck_grace_period: \"1s\"\n"};
+    start_server(&so);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    o.pool_size = 1;
+    create_client(&o);
+    assert_int_equal(kill(natsrv_pid(F.srv), SIGUSR2), 0);
+    assert_true(wait_event(MB_CLIENT_EV_LAME_DUCK, 1, 10000));
+    pthread_mutex_lock(&EV.lock);
+    bool on_client_thread = !pthread_equal(EV.thread, pthread_self());
+    pthread_mutex_unlock(&EV.lock);
+    assert_true(on_client_thread);
+}
+
+/* Closed: with no reconnects allowed, a stopped server closes the connection
+ * for good: disconnected, then closed. */
+static void test_event_closed(void **state)
+{
+    (void)state;
+    start_server(NULL);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    o.pool_size = 1;
+    o.max_reconnect = 0;
+    create_client(&o);
+    assert_int_equal(natsrv_stop(F.srv), 0);
+    assert_true(wait_event(MB_CLIENT_EV_DISCONNECTED, 1, 10000));
+    assert_true(wait_event(MB_CLIENT_EV_CLOSED, 1, 10000));
+    mb_client_health h;
+    mb_client_health_get(F.c, &h);
+    assert_int_equal(h.live, 0);
+}
+
+/* Error: the server refuses a publish the account may not make (an
+ * asynchronous -ERR); nats.c's error handler only enqueues it and the
+ * listener sees it with the server's reason. */
+static void test_event_error(void **state)
+{
+    (void)state;
+    natsrv_opts so = {
+        .extra_conf = "authorization {\n  users = [ { user: \"game\", password: \"pw\",\n"
+                      "    permissions: { publish: { deny: [\"events.game_tick\"] } } } ]\n}\n"};
+    start_server(&so);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    o.pool_size = 1;
+    o.auth.user = "game";
+    o.auth.password = "pw";
+    create_client(&o);
+    mb_publish_disposition d;
+    mb_err err = {0};
+    /* Valid for mudbus, so it reaches the server, which refuses it. */
+    assert_int_equal(pub_event("events.game_tick", 1, &d, &err), MB_OK);
+    assert_true(wait_event(MB_CLIENT_EV_ERROR, 1, 10000));
+    pthread_mutex_lock(&EV.lock);
+    char text[256];
+    snprintf(text, sizeof text, "%s", EV.last_text[MB_CLIENT_EV_ERROR]);
+    pthread_mutex_unlock(&EV.lock);
+    if (strstr(text, "ermission") == NULL)
+        fail_msg("error event does not give the server's reason: %s", text);
+}
+
 static void test_slow_consumer(void **state)
 {
     (void)state;
@@ -898,6 +968,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_exhausted_to_dlq, setup, teardown),
         cmocka_unit_test_setup_teardown(test_freeze_degraded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_consumer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_event_lame_duck, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_event_closed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_event_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_server, setup, teardown),
         cmocka_unit_test_setup_teardown(test_auth_failure, setup, teardown),
     };
