@@ -201,7 +201,8 @@ mb_status mb_config_get_list(const mb_config *cfg, const char *section, const ch
  * both or neither, likewise tls_cert_file and tls_key_file, and
  * nkey_seed_file and nkey_public;
  * health_timeout <= health_interval; retry_base_delay <= retry_max_delay;
- * budget_max_tokens pays for at least one retry.
+ * budget_max_tokens pays for at least one retry; js_duplicate_window <=
+ * js_max_age (when js is on or either key is set).
  *
  * | key                     | type             | range                    | default            |
  * |-------------------------|------------------|--------------------------|--------------------|
@@ -247,6 +248,22 @@ mb_status mb_config_get_list(const mb_config *cfg, const char *section, const ch
  * | sub_pending_msgs        | number           | 1..16777216              | 65536              |
  * | sub_pending_bytes       | size             | 1KiB..1GiB               | 64MiB              |
  * | max_payload             | size             | 1B..64MiB                | the schema's limit |
+ * | js                      | bool             | JetStream for critical   | off                |
+ * | js_critical_subjects    | list of patterns | 1..16 subscription       | chat.system,       |
+ * |                         |                  | patterns (breadth rules),| mutes.changed.*,   |
+ * |                         |                  | no repeats               | chat.whisper.      |
+ * |                         |                  |                          |  player.*          |
+ * | js_stream               | name             | 1..32 of A-Za-z0-9_-     | MUDBUS_CRITICAL    |
+ * | js_memory_storage       | bool             | (off: file storage)      | off                |
+ * | js_max_age              | duration         | 1s..8760h (365 days)     | 24h                |
+ * | js_duplicate_window     | duration         | 100ms..24h, <= max age   | 2m                 |
+ * | js_ack_wait             | duration         | 100ms..1h                | 30s                |
+ * | js_max_deliver          | number           | 1..1000                  | 5                  |
+ * | js_durable_prefix       | name             | 1..48 of A-Za-z0-9_-     | mudbus_<name>      |
+ * | js_fetch_batch          | number           | 1..4096                  | 64                 |
+ * | js_fetch_timeout        | duration         | 10ms..1m                 | 500ms              |
+ * | js_publish_ack_timeout  | duration         | 1ms..10m                 | 5s                 |
+ * | js_max_pending          | number           | 1..1000000               | 4096               |
  *
  * Fields: servers sets servers[] and nservers; tls_* set tls.* (tls itself
  * tls.enabled); user, password, token, nkey_seed_file, nkey_public and
@@ -254,10 +271,13 @@ mb_status mb_config_get_list(const mb_config *cfg, const char *section, const ch
  * retry_deadline and retry_jitter set retry.*; budget_max_tokens
  * budget.max_tokens; breaker_failure_rate, breaker_open, breaker_min_calls,
  * breaker_window and breaker_half_open_calls set breaker.failure_rate_pct,
- * open_ms, min_calls, window + window_size and half_open_calls; durations
- * set the *_ms field of the same name, reconnect_buffer reconnect_buf_bytes;
- * the rest set the field of the same name. Defaults are those of
- * mb_client_opts_default (client.h).
+ * open_ms, min_calls, window + window_size and half_open_calls; js sets
+ * js.enabled and every js_K the field K of js (js_critical_subjects sets
+ * js.critical_subjects[] and js.ncritical; a js_* duration js.K_ms); an
+ * empty js_stream or js_durable_prefix sets the field to NULL (the client's
+ * default); durations set the *_ms field of the same name, reconnect_buffer
+ * reconnect_buf_bytes; the rest set the field of the same name. Defaults are
+ * those of mb_client_opts_default (client.h).
  *
  * Types: bool is true/yes/on/1 or false/no/off/0; a duration is a whole
  * number with ms, s, m or h (a plain number is milliseconds); a size is a

@@ -13,6 +13,7 @@
  */
 #include "mudbus/client.h"
 #include "mudbus/config.h"
+#include "mudbus/subject.h"
 
 #include <inttypes.h>
 #include <stdint.h>
@@ -61,10 +62,30 @@ static const char *const client_keys[] = {"servers",
                                           "sub_pending_msgs",
                                           "sub_pending_bytes",
                                           "max_payload",
+                                          "js",
+                                          "js_critical_subjects",
+                                          "js_stream",
+                                          "js_memory_storage",
+                                          "js_max_age",
+                                          "js_duplicate_window",
+                                          "js_ack_wait",
+                                          "js_max_deliver",
+                                          "js_durable_prefix",
+                                          "js_fetch_batch",
+                                          "js_fetch_timeout",
+                                          "js_publish_ack_timeout",
+                                          "js_max_pending",
                                           NULL};
 
 #define MS_HOUR   UINT64_C(3600000)
+#define MS_DAY    (24 * MS_HOUR)
 #define QUEUE_MAX UINT64_C(16777216)
+
+/* JetStream names: the rule of mb_client_create (client_js.c), checked here
+ * to name the source. Neither may hold '.', '*', '>' or whitespace. */
+#define JS_NAME_CHARS      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+#define JS_STREAM_MAX      32
+#define JS_DURABLE_PFX_MAX 48
 
 /* One section being applied: the config, the section name, the error. */
 typedef struct app {
@@ -173,6 +194,99 @@ static mb_status servers(const app *a, mb_client_opts *t)
     return MB_OK;
 }
 
+/* A JetStream name (stream, durable prefix): unchanged when not set, NULL
+ * (the client's default) when set to "", else 1..max of JS_NAME_CHARS. */
+static mb_status js_name(const app *a, const char *key, size_t max, const char **field)
+{
+    const char *v = mb_config_get_str(a->cfg, a->sec, key, NULL);
+    if (v == NULL)
+        return MB_OK;
+    size_t len = strlen(v);
+    if (len == 0) {
+        *field = NULL;
+        return MB_OK;
+    }
+    if (len > max || strspn(v, JS_NAME_CHARS) != len) {
+        char why[160];
+        snprintf(why, sizeof why,
+                 "\"%.64s\" must be 1 to %zu letters, digits, '_' or '-' (no '.', '*', '>' or "
+                 "spaces)",
+                 v, max);
+        return fail(a, key, why);
+    }
+    *field = v;
+    return MB_OK;
+}
+
+/* The critical subjects: 1..MB_CLIENT_MAX_CRITICAL subscription patterns,
+ * each passing the breadth rules of mb_subject_check_sub (checked with a
+ * throwaway registry: the rules do not depend on its patterns), no repeats. */
+static mb_status js_critical(const app *a, mb_client_js_opts *js)
+{
+    static const char key[] = "js_critical_subjects";
+    const char *items[MB_CLIENT_MAX_CRITICAL];
+    size_t n = SIZE_MAX;
+    mb_status st =
+        mb_config_get_list(a->cfg, a->sec, key, items, MB_CLIENT_MAX_CRITICAL, &n, a->err);
+    if (st != MB_OK || n == SIZE_MAX)
+        return st;
+    if (n == 0)
+        return fail(a, key, "needs at least one subscription pattern (e.g. chat.system)");
+    mb_subject_registry *r = NULL;
+    mb_err rerr = {0};
+    if ((st = mb_subject_registry_create(NULL, &r, &rerr)) != MB_OK)
+        return mb_err_set(a->err, st, "[%s] %s: cannot check the patterns: %s", a->sec, key,
+                          rerr.msg);
+    for (size_t i = 0; i < n && st == MB_OK; i++) {
+        mb_subject_reason rule = MB_SUBJECT_OK;
+        mb_err perr = {0};
+        char why[MB_ERR_MSG_MAX];
+        if (mb_subject_check_sub(r, items[i], strlen(items[i]), &rule, &perr) != MB_OK) {
+            snprintf(why, sizeof why, "item %zu refused (rule %s): %.180s", i + 1,
+                     mb_subject_reason_name(rule), perr.msg);
+            st = fail(a, key, why);
+        }
+        for (size_t j = 0; j < i && st == MB_OK; j++)
+            if (strcmp(items[j], items[i]) == 0) {
+                snprintf(why, sizeof why, "item %zu \"%.100s\" repeats item %zu", i + 1, items[i],
+                         j + 1);
+                st = fail(a, key, why);
+            }
+    }
+    mb_subject_registry_destroy(r);
+    if (st != MB_OK)
+        return st;
+    memset(js->critical_subjects, 0, sizeof js->critical_subjects);
+    memcpy(js->critical_subjects, items, n * sizeof items[0]);
+    js->ncritical = n;
+    return MB_OK;
+}
+
+/* The js_* keys onto o->js. */
+static mb_status js_keys(const app *a, mb_client_js_opts *js)
+{
+    mb_status st;
+    if ((st = flag(a, "js", &js->enabled)) != MB_OK || (st = js_critical(a, js)) != MB_OK ||
+        (st = js_name(a, "js_stream", JS_STREAM_MAX, &js->stream)) != MB_OK ||
+        (st = flag(a, "js_memory_storage", &js->memory_storage)) != MB_OK ||
+        (st = dur(a, "js_max_age", 1000, 365 * MS_DAY, &js->max_age_ms)) != MB_OK ||
+        (st = dur(a, "js_duplicate_window", 100, MS_DAY, &js->duplicate_window_ms)) != MB_OK ||
+        (st = dur(a, "js_ack_wait", 100, MS_HOUR, &js->ack_wait_ms)) != MB_OK ||
+        (st = num_unsigned(a, "js_max_deliver", 1, 1000, &js->max_deliver)) != MB_OK ||
+        (st = js_name(a, "js_durable_prefix", JS_DURABLE_PFX_MAX, &js->durable_prefix)) != MB_OK ||
+        (st = num_unsigned(a, "js_fetch_batch", 1, 4096, &js->fetch_batch)) != MB_OK ||
+        (st = dur(a, "js_fetch_timeout", 10, 60000, &js->fetch_timeout_ms)) != MB_OK ||
+        (st = dur(a, "js_publish_ack_timeout", 1, 10 * 60000, &js->publish_ack_timeout_ms)) !=
+            MB_OK)
+        return st;
+    int64_t mp = js->max_pending;
+    if ((st = mb_config_get_i64(a->cfg, a->sec, "js_max_pending", mp, 1, 1000000, &mp, a->err)) !=
+        MB_OK)
+        return st;
+    js->max_pending = mp;
+    return MB_OK;
+}
+
 /* "off", or a percentage 1..100. */
 static mb_status failure_rate(const app *a, uint32_t *field)
 {
@@ -260,6 +374,16 @@ static mb_status cross_checks(const app *a, const mb_client_opts *t)
         snprintf(why, sizeof why, "%" PRIu32 " cannot pay for one retry (%" PRIu32 " tokens)",
                  t->budget.max_tokens, cost);
         return fail(a, "budget_max_tokens", why);
+    }
+    /* JetStream: the stream refuses a dedup window longer than its max age.
+     * Checked when JetStream is on or either key is set. */
+    bool js_dw = mb_config_has(a->cfg, a->sec, "js_duplicate_window");
+    if ((t->js.enabled || js_dw || mb_config_has(a->cfg, a->sec, "js_max_age")) &&
+        t->js.duplicate_window_ms > t->js.max_age_ms) {
+        snprintf(why, sizeof why,
+                 "js_duplicate_window (%" PRIu64 "ms) is longer than js_max_age (%" PRIu64 "ms)",
+                 t->js.duplicate_window_ms, t->js.max_age_ms);
+        return fail(a, js_dw ? "js_duplicate_window" : "js_max_age", why);
     }
     mb_err perr = {0};
     if (mb_retry_policy_check(&t->retry, &perr) != MB_OK)
@@ -355,6 +479,9 @@ mb_status mb_client_opts_from_config(const mb_config *cfg, const char *section,
         (st = num_int(&a, "sub_pending_bytes", UINT64_C(1) << 10, UINT64_C(1) << 30,
                       &t.sub_pending_bytes, true)) != MB_OK ||
         (st = bytes(&a, "max_payload", 1, UINT64_C(64) << 20, &t.max_payload)) != MB_OK)
+        return st;
+
+    if ((st = js_keys(&a, &t.js)) != MB_OK)
         return st;
 
     if ((st = cross_checks(&a, &t)) != MB_OK)

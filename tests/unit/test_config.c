@@ -820,7 +820,21 @@ static const char all_keys[] = "[nats]\n"
                                "dispatch_queue_max = 2000\n"
                                "sub_pending_msgs = 1000\n"
                                "sub_pending_bytes = 16MiB\n"
-                               "max_payload = 512KiB\n";
+                               "max_payload = 512KiB\n"
+                               "js = on\n"
+                               "js_critical_subjects = chat.whisper.player.*, chat.system.> ,"
+                               "mutes.*.changed,audit.log\n"
+                               "js_stream = GAME_CRIT-1\n"
+                               "js_memory_storage = yes\n"
+                               "js_max_age = 2h\n"
+                               "js_duplicate_window = 90s\n"
+                               "js_ack_wait = 45s\n"
+                               "js_max_deliver = 9\n"
+                               "js_durable_prefix = game_1-a\n"
+                               "js_fetch_batch = 128\n"
+                               "js_fetch_timeout = 250ms\n"
+                               "js_publish_ack_timeout = 3s\n"
+                               "js_max_pending = 1000\n";
 
 static void test_client_opts_every_key(void **state)
 {
@@ -878,6 +892,24 @@ static void test_client_opts_every_key(void **state)
     assert_int_equal(o.sub_pending_msgs, 1000);
     assert_int_equal(o.sub_pending_bytes, 16 << 20);
     assert_int_equal(o.max_payload, 512u << 10);
+    assert_true(o.js.enabled);
+    assert_int_equal(o.js.ncritical, 4);
+    assert_string_equal(o.js.critical_subjects[0], "chat.whisper.player.*");
+    assert_string_equal(o.js.critical_subjects[1], "chat.system.>");
+    assert_string_equal(o.js.critical_subjects[2], "mutes.*.changed");
+    assert_string_equal(o.js.critical_subjects[3], "audit.log");
+    assert_null(o.js.critical_subjects[4]); /* the defaults' rest is cleared */
+    assert_string_equal(o.js.stream, "GAME_CRIT-1");
+    assert_true(o.js.memory_storage);
+    assert_int_equal(o.js.max_age_ms, 2 * 3600 * 1000);
+    assert_int_equal(o.js.duplicate_window_ms, 90000);
+    assert_int_equal(o.js.ack_wait_ms, 45000);
+    assert_int_equal(o.js.max_deliver, 9);
+    assert_string_equal(o.js.durable_prefix, "game_1-a");
+    assert_int_equal(o.js.fetch_batch, 128);
+    assert_int_equal(o.js.fetch_timeout_ms, 250);
+    assert_int_equal(o.js.publish_ack_timeout_ms, 3000);
+    assert_int_equal(o.js.max_pending, 1000);
     mb_config_destroy(cfg);
 }
 
@@ -935,6 +967,74 @@ static void test_client_opts_env_and_special_forms(void **state)
     assert_memory_equal(&after.breaker, &before.breaker, sizeof after.breaker);
     assert_false(after.tls.enabled);
     assert_null(after.auth.user);
+    assert_memory_equal(&after.js, &before.js, sizeof after.js);
+    mb_config_destroy(cfg);
+}
+
+static void test_client_opts_js(void **state)
+{
+    (void)state;
+    /* Keys that are not set keep the caller's values; an empty name goes
+     * back to the client's default (NULL); a full list of critical subjects
+     * is accepted and its items point into the config. */
+    const char *env[] = {"MUDBUS_NATS_JS=true",
+                         "MUDBUS_NATS_JS_STREAM=",
+                         "MUDBUS_NATS_JS_DURABLE_PREFIX=",
+                         "MUDBUS_NATS_JS_CRITICAL_SUBJECTS=a.1,a.2,a.3,a.4,a.5,a.6,a.7,a.8,a.9,"
+                         "a.10,a.11,a.12,a.13,a.14,a.15,a.>",
+                         "MUDBUS_NATS_JS_MAX_PENDING=1000000",
+                         NULL};
+    mb_config *cfg = env_cfg(env);
+    mb_client_opts o;
+    opts_defaults(&o);
+    mb_client_js_opts before = o.js;
+    o.js.stream = "CALLER";
+    o.js.durable_prefix = "caller";
+    assert_int_equal(mb_client_opts_from_config(cfg, "nats", &o, NULL), MB_OK);
+    assert_true(o.js.enabled);
+    assert_null(o.js.stream);
+    assert_null(o.js.durable_prefix);
+    assert_int_equal(o.js.ncritical, MB_CLIENT_MAX_CRITICAL);
+    assert_string_equal(o.js.critical_subjects[0], "a.1");
+    assert_string_equal(o.js.critical_subjects[15], "a.>");
+    const char *items[MB_CLIENT_MAX_CRITICAL];
+    size_t n = 0;
+    assert_int_equal(mb_config_get_list(cfg, "nats", "js_critical_subjects", items,
+                                        MB_CLIENT_MAX_CRITICAL, &n, NULL),
+                     MB_OK);
+    assert_ptr_equal(o.js.critical_subjects[0], items[0]);
+    assert_int_equal(o.js.max_pending, 1000000);
+    assert_false(o.js.memory_storage);
+    assert_int_equal(o.js.max_age_ms, before.max_age_ms);
+    assert_int_equal(o.js.duplicate_window_ms, before.duplicate_window_ms);
+    assert_int_equal(o.js.ack_wait_ms, before.ack_wait_ms);
+    assert_int_equal(o.js.max_deliver, before.max_deliver);
+    assert_int_equal(o.js.fetch_batch, before.fetch_batch);
+    assert_int_equal(o.js.fetch_timeout_ms, before.fetch_timeout_ms);
+    assert_int_equal(o.js.publish_ack_timeout_ms, before.publish_ack_timeout_ms);
+    mb_config_destroy(cfg);
+
+    /* The dedup window may not outlast the stream's messages: reported
+     * against js_duplicate_window when it is set, else js_max_age. */
+    const char *env2[] = {"MUDBUS_NATS_JS_MAX_AGE=1h", "MUDBUS_NATS_JS_DUPLICATE_WINDOW=2h", NULL};
+    cfg = env_cfg(env2);
+    opts_defaults(&o);
+    mb_client_opts keep = o;
+    mb_err err = {0};
+    assert_int_equal(mb_client_opts_from_config(cfg, "nats", &o, &err), MB_EINVAL);
+    assert_string_equal(err.msg, "[nats] js_duplicate_window (env "
+                                 "MUDBUS_NATS_JS_DUPLICATE_WINDOW): js_duplicate_window "
+                                 "(7200000ms) is longer than js_max_age (3600000ms)");
+    assert_memory_equal(&keep, &o, sizeof o);
+    mb_config_destroy(cfg);
+
+    /* Without JetStream and without either key, the caller's own values are
+     * not second-guessed. */
+    cfg = env_cfg(no_env);
+    opts_defaults(&o);
+    memset(&o.js, 0, sizeof o.js);
+    o.js.duplicate_window_ms = 5;
+    assert_int_equal(mb_client_opts_from_config(cfg, "nats", &o, NULL), MB_OK);
     mb_config_destroy(cfg);
 }
 
@@ -952,6 +1052,27 @@ static void test_client_opts_unknown_key(void **state)
     assert_int_equal(mb_client_opts_from_config(cfg, "nats", &o, &err), MB_EINVAL);
     assert_contains(err.msg, "[nats] pool_sise (");
     assert_contains(err.msg, ":3): unknown key; did you mean pool_size?");
+    assert_memory_equal(&before, &o, sizeof o);
+    mb_config_destroy(cfg);
+
+    /* A misspelt JetStream key is caught like any other. */
+    assert_int_equal(load("[nats]\njs = on\njs_strem = X\n", no_env, &cfg, &err, &w), MB_OK);
+    opts_defaults(&o);
+    before = o;
+    mb_err_clear(&err);
+    assert_int_equal(mb_client_opts_from_config(cfg, "nats", &o, &err), MB_EINVAL);
+    assert_contains(err.msg, "[nats] js_strem (");
+    assert_contains(err.msg, ":3): unknown key; did you mean js_stream?");
+    assert_memory_equal(&before, &o, sizeof o);
+    mb_config_destroy(cfg);
+
+    /* An unknown js_ key far from every known one. */
+    const char *env[] = {"MUDBUS_NATS_JS_CONSUMER_MODE=push", NULL};
+    cfg = env_cfg(env);
+    mb_err_clear(&err);
+    assert_int_equal(mb_client_opts_from_config(cfg, "nats", &o, &err), MB_EINVAL);
+    assert_string_equal(err.msg, "[nats] js_consumer_mode (env MUDBUS_NATS_JS_CONSUMER_MODE): "
+                                 "unknown key");
     assert_memory_equal(&before, &o, sizeof o);
     mb_config_destroy(cfg);
 }
@@ -1016,6 +1137,84 @@ static void test_client_opts_bad_values(void **state)
                                   "not (give both or neither)"},
         {"MUDBUS_NATS_TLS_KEY_FILE=/k.pem", "[nats] tls_key_file (env "
                                             "MUDBUS_NATS_TLS_KEY_FILE): is set but tls_cert_file"},
+        /* JetStream */
+        {"MUDBUS_NATS_JS=maybe", "[nats] js (env MUDBUS_NATS_JS): \"maybe\" is not a boolean"},
+        {"MUDBUS_NATS_JS_CRITICAL_SUBJECTS=*",
+         "[nats] js_critical_subjects (env MUDBUS_NATS_JS_CRITICAL_SUBJECTS): item 1 refused "
+         "(rule all_wildcards): subscription pattern '*': every token is a wildcard"},
+        {"MUDBUS_NATS_JS_CRITICAL_SUBJECTS=chat.system,>.x",
+         "item 2 refused (rule wildcard_first)"},
+        {"MUDBUS_NATS_JS_CRITICAL_SUBJECTS=chat.>.x", "item 1 refused (rule gt_not_last)"},
+        {"MUDBUS_NATS_JS_CRITICAL_SUBJECTS=chat.*.*.*", "item 1 refused (rule too_many_wildcards)"},
+        {"MUDBUS_NATS_JS_CRITICAL_SUBJECTS=chat.who*", "item 1 refused (rule wildcard_in_token)"},
+        {"MUDBUS_NATS_JS_CRITICAL_SUBJECTS=chat.a b", "item 1 refused (rule bad_char)"},
+        {"MUDBUS_NATS_JS_CRITICAL_SUBJECTS=chat..x", "item 1 refused (rule empty_token)"},
+        {"MUDBUS_NATS_JS_CRITICAL_SUBJECTS=", "[nats] js_critical_subjects (env "
+                                              "MUDBUS_NATS_JS_CRITICAL_SUBJECTS): needs at least "
+                                              "one subscription pattern"},
+        {"MUDBUS_NATS_JS_CRITICAL_SUBJECTS=a.b,,c.d", "[nats] js_critical_subjects (env "
+                                                      "MUDBUS_NATS_JS_CRITICAL_SUBJECTS): "
+                                                      "\"a.b,,c.d\" has an empty item"},
+        {"MUDBUS_NATS_JS_CRITICAL_SUBJECTS=a.1,a.2,a.3,a.4,a.5,a.6,a.7,a.8,a.9,a.10,a.11,a.12,"
+         "a.13,a.14,a.15,a.16,a.17",
+         "[nats] js_critical_subjects (env MUDBUS_NATS_JS_CRITICAL_SUBJECTS): "},
+        {"MUDBUS_NATS_JS_CRITICAL_SUBJECTS=a.1,a.2,a.3,a.4,a.5,a.6,a.7,a.8,a.9,a.10,a.11,a.12,"
+         "a.13,a.14,a.15,a.16,a.17",
+         "has 17 items; at most 16 are allowed"},
+        {"MUDBUS_NATS_JS_CRITICAL_SUBJECTS=a.b,c.*,a.b",
+         "[nats] js_critical_subjects (env MUDBUS_NATS_JS_CRITICAL_SUBJECTS): item 3 \"a.b\" "
+         "repeats item 1"},
+        {"MUDBUS_NATS_JS_STREAM=A.B", "[nats] js_stream (env MUDBUS_NATS_JS_STREAM): \"A.B\" "
+                                      "must be 1 to 32 letters, digits, '_' or '-'"},
+        {"MUDBUS_NATS_JS_STREAM=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "[nats] js_stream (env "},
+        {"MUDBUS_NATS_JS_STREAM=MY STREAM", "[nats] js_stream"},
+        {"MUDBUS_NATS_JS_MEMORY_STORAGE=2", "[nats] js_memory_storage (env "
+                                            "MUDBUS_NATS_JS_MEMORY_STORAGE): \"2\" is not a "
+                                            "boolean"},
+        {"MUDBUS_NATS_JS_MAX_AGE=0", "[nats] js_max_age (env MUDBUS_NATS_JS_MAX_AGE): \"0\" is "
+                                     "out of range"},
+        {"MUDBUS_NATS_JS_MAX_AGE=1 day", "[nats] js_max_age (env MUDBUS_NATS_JS_MAX_AGE): \"1 "
+                                         "day\" is not a duration"},
+        {"MUDBUS_NATS_JS_MAX_AGE=8761h", "[nats] js_max_age (env MUDBUS_NATS_JS_MAX_AGE): "
+                                         "\"8761h\" is out of range"},
+        {"MUDBUS_NATS_JS_DUPLICATE_WINDOW=0", "[nats] js_duplicate_window (env "
+                                              "MUDBUS_NATS_JS_DUPLICATE_WINDOW): \"0\" is out"},
+        {"MUDBUS_NATS_JS_DUPLICATE_WINDOW=25h", "[nats] js_duplicate_window"},
+        {"MUDBUS_NATS_JS_MAX_AGE=1m", "[nats] js_max_age (env MUDBUS_NATS_JS_MAX_AGE): "
+                                      "js_duplicate_window (120000ms) is longer than js_max_age "
+                                      "(60000ms)"},
+        {"MUDBUS_NATS_JS_ACK_WAIT=0", "[nats] js_ack_wait (env MUDBUS_NATS_JS_ACK_WAIT): \"0\" "
+                                      "is out of range"},
+        {"MUDBUS_NATS_JS_ACK_WAIT=2h", "[nats] js_ack_wait"},
+        {"MUDBUS_NATS_JS_MAX_DELIVER=0", "[nats] js_max_deliver (env "
+                                         "MUDBUS_NATS_JS_MAX_DELIVER): \"0\" is out of range (1 "
+                                         "to 1000)"},
+        {"MUDBUS_NATS_JS_MAX_DELIVER=1001", "\"1001\" is out of range (1 to 1000)"},
+        {"MUDBUS_NATS_JS_DURABLE_PREFIX=game.1", "[nats] js_durable_prefix (env "
+                                                 "MUDBUS_NATS_JS_DURABLE_PREFIX): \"game.1\" "
+                                                 "must be 1 to 48"},
+        {"MUDBUS_NATS_JS_DURABLE_PREFIX=game*", "[nats] js_durable_prefix"},
+        {"MUDBUS_NATS_JS_DURABLE_PREFIX=game>", "[nats] js_durable_prefix"},
+        {"MUDBUS_NATS_JS_DURABLE_PREFIX=game 1", "[nats] js_durable_prefix"},
+        {"MUDBUS_NATS_JS_DURABLE_PREFIX=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+         "[nats] js_durable_prefix"},
+        {"MUDBUS_NATS_JS_FETCH_BATCH=0", "[nats] js_fetch_batch (env "
+                                         "MUDBUS_NATS_JS_FETCH_BATCH): \"0\" is out of range (1 "
+                                         "to 4096)"},
+        {"MUDBUS_NATS_JS_FETCH_BATCH=4097", "[nats] js_fetch_batch"},
+        {"MUDBUS_NATS_JS_FETCH_TIMEOUT=5ms", "[nats] js_fetch_timeout (env "
+                                             "MUDBUS_NATS_JS_FETCH_TIMEOUT): \"5ms\" is out of "
+                                             "range (10ms to 1m)"},
+        {"MUDBUS_NATS_JS_FETCH_TIMEOUT=2m", "[nats] js_fetch_timeout"},
+        {"MUDBUS_NATS_JS_PUBLISH_ACK_TIMEOUT=0", "[nats] js_publish_ack_timeout (env "
+                                                 "MUDBUS_NATS_JS_PUBLISH_ACK_TIMEOUT): \"0\" is "
+                                                 "out of range"},
+        {"MUDBUS_NATS_JS_PUBLISH_ACK_TIMEOUT=11m", "[nats] js_publish_ack_timeout"},
+        {"MUDBUS_NATS_JS_MAX_PENDING=0", "[nats] js_max_pending (env "
+                                         "MUDBUS_NATS_JS_MAX_PENDING): \"0\" is out of range (1 "
+                                         "to 1000000)"},
+        {"MUDBUS_NATS_JS_MAX_PENDING=1000001", "[nats] js_max_pending"},
+        {"MUDBUS_NATS_JS_MAX_PENDING=-5", "[nats] js_max_pending"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *env[] = {cases[i].var, NULL};
@@ -1120,6 +1319,7 @@ int main(void)
         cmocka_unit_test(test_check_keys),
         cmocka_unit_test(test_client_opts_every_key),
         cmocka_unit_test(test_client_opts_env_and_special_forms),
+        cmocka_unit_test(test_client_opts_js),
         cmocka_unit_test(test_client_opts_unknown_key),
         cmocka_unit_test(test_client_opts_bad_values),
         cmocka_unit_test(test_client_opts_file_source_in_errors),
