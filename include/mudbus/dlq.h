@@ -158,8 +158,9 @@ mb_status mb_dlq_put_async(mb_dlq *d, mb_dlq_entry *e, mb_dlq_done_fn done, void
                            mb_err *err);
 
 /* Wait until everything queued before the call is written and fsync'd (and
- * its async callbacks have run). MB_EIO when writing some record failed
- * meanwhile; MB_ESTATE read-only. */
+ * its async callbacks have run). MB_EIO when writing a record failed whose
+ * put did not wait for it (non-durable or async) and that no earlier flush
+ * reported; MB_ESTATE read-only. */
 mb_status mb_dlq_flush(mb_dlq *d, mb_err *err);
 
 /* Which entries an operation applies to. Zero-initialised: every live entry. */

@@ -172,6 +172,9 @@ struct mb_dlq {
     size_t qlen, qbytes, qentries;
     uint64_t inflight_bytes, inflight_entries; /* taken by the writer, not yet indexed */
     uint64_t next_id, enq_seq, completed_seq, fail_total;
+    /* Failed records whose put did not wait for them (non-durable or async)
+     * and that no mb_dlq_flush or close has reported yet. */
+    uint64_t fail_unreported;
     bool closing, paused, writer_started;
     char last_error[MB_ERR_MSG_MAX];
     pthread_t writer;
