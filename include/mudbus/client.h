@@ -133,8 +133,11 @@ typedef struct mb_client_opts {
     size_t max_payload;          /* default: the schema's max_bytes, at most the server's */
     mb_client_js_opts js;          /* JetStream for critical subjects (see below) */
     mb_subject_registry *subjects; /* borrowed; NULL: the client creates one */
-    mb_metrics *metrics;         /* borrowed; NULL: the client creates one, in which hot-path
-                                  * timings are sampled 1 in 16 (mb_metrics_set_timing_sample) */
+    mb_metrics *metrics;         /* borrowed; NULL: the client creates one */
+    uint32_t timing_sample;      /* time one call in N in the timing histograms of `metrics`
+                                  * (mb_metrics_set_timing_sample: it applies to the whole
+                                  * registry); a power of two up to 1024; default 16; 0 leaves
+                                  * the registry as it is */
     const mb_clock *clock;       /* NULL: system */
     void (*log)(void *log_ctx, const char *line); /* one line, no newline; NULL: silent */
     void *log_ctx;
