@@ -117,15 +117,14 @@ static void build_subject(ctx *x, char *subj, size_t cap)
 {
     mb_subject_param p = {"room_id", ROOM};
     mb_err err = {0};
-    if (mb_subject_build(x->subjects, "chat_say_room", &p, 1, subj, cap, NULL, NULL, &err) !=
-        MB_OK)
+    if (mb_subject_build(x->subjects, "chat_say_room", &p, 1, subj, cap, NULL, NULL, &err) != MB_OK)
         die("mb_subject_build", err.msg);
 }
 
 typedef struct sample {
-    double rate;        /* messages per second, flush included */
-    double server_cpu;  /* server CPU seconds / wall seconds */
-    double client_cpu;  /* this process, all threads */
+    double rate;       /* messages per second, flush included */
+    double server_cpu; /* server CPU seconds / wall seconds */
+    double client_cpu; /* this process, all threads */
 } sample;
 
 static sample run_phase(ctx *x, phase ph, long n)
@@ -219,8 +218,8 @@ int main(void)
     if (mb_chat_encode(NULL, &x.msg, enc, sizeof enc, &enc_len, &err) != MB_OK)
         die("mb_chat_encode", err.msg);
     if (enc_len != sizeof chat_msg - 1 || memcmp(enc, chat_msg, enc_len) != 0) {
-        fprintf(stderr, "bench_client: the typed message encodes differently:\n  %s\n  %s\n",
-                enc, chat_msg);
+        fprintf(stderr, "bench_client: the typed message encodes differently:\n  %s\n  %s\n", enc,
+                chat_msg);
         return 1;
     }
 
@@ -241,7 +240,7 @@ int main(void)
     o.servers[0] = url;
     o.nservers = 1;
     o.name = "bench";
-    o.metrics = metrics;    /* one registry for client, subject and schema metrics */
+    o.metrics = metrics;     /* one registry for client, subject and schema metrics */
     o.subjects = x.subjects; /* the registry the subjects are built with */
     if (mb_client_create(&o, &x.client, &err) != MB_OK)
         die("mb_client_create", err.msg);
@@ -306,14 +305,13 @@ int main(void)
     double want = 2.0 * ((double)n * runs + (double)(n / 10 + 1)); /* (b) and (c), warm-up */
     double got = client_published(x.client);
     if (got != want) {
-        fprintf(stderr, "bench_client: mudbus_client_published_total is %.0f, expected %.0f\n",
-                got, want);
+        fprintf(stderr, "bench_client: mudbus_client_published_total is %.0f, expected %.0f\n", got,
+                want);
         return 1;
     }
     natsStatistics *st = NULL;
     uint64_t out_msgs = 0;
-    if (natsStatistics_Create(&st) == NATS_OK &&
-        natsConnection_GetStats(x.raw, st) == NATS_OK)
+    if (natsStatistics_Create(&st) == NATS_OK && natsConnection_GetStats(x.raw, st) == NATS_OK)
         natsStatistics_GetCounts(st, NULL, NULL, &out_msgs, NULL, NULL);
     natsStatistics_Destroy(st);
     if (out_msgs != (uint64_t)n * (uint64_t)runs + (uint64_t)(n / 10 + 1)) {

@@ -90,10 +90,10 @@ typedef struct ctx {
     mb_subject_registry *subjects;
     mb_metrics *metrics;
     mb_chat_msg msg;
-    char msg_id[ID_HEX + 2];   /* the typed message's id ("m" + 16 hex) */
+    char msg_id[ID_HEX + 2]; /* the typed message's id ("m" + 16 hex) */
     char raw_buf[sizeof chat_msg];
     const char *stream;
-    uint64_t next_id;          /* unique ids across every phase */
+    uint64_t next_id; /* unique ids across every phase */
     _Atomic uint64_t raw_acks, raw_fails;
 } ctx;
 
@@ -373,8 +373,7 @@ static double bench_storage(ctx *x, bool memory, int runs, long n)
     printf("js_%s_raw_msgs_per_sec_median %.0f\n", sname, med[PH_RAW]);
     printf("js_%s_mudbus_msgs_per_sec_median %.0f\n", sname, med[PH_MUDBUS]);
     printf("js_%s_ratio_mudbus_over_raw %.2f (median of per-run ratios %.2f; goal >= 0.8: %s)\n",
-           sname, ratio_med, bu_median(ratio, (size_t)runs),
-           ratio_med >= 0.8 ? "met" : "NOT met");
+           sname, ratio_med, bu_median(ratio, (size_t)runs), ratio_med >= 0.8 ? "met" : "NOT met");
     printf("js_%s_server_cpu_median raw %.0f%% mudbus %.0f%% (of one core)\n", sname,
            med_srv[PH_RAW] * 100, med_srv[PH_MUDBUS] * 100);
     printf("js_%s_client_cpu_median raw %.0f%% mudbus %.0f%% (all threads)\n", sname,

@@ -9,7 +9,7 @@
 # Usage: scripts/deps.sh [GROUP...]
 #   build  compiler, CMake, pkg-config and the libraries the build links
 #   demo   build + what scripts/demo.sh runs (nats-server)
-#   test   demo + clang/libFuzzer, the LLVM symbolizer and openssl (test certificates)
+#   test   demo + clang/libFuzzer, clang-format, the LLVM symbolizer and openssl (test certificates)
 #   all    everything (the default)
 #
 # Packages for parts still being written (nats.c, nats-server, inih) are in
@@ -23,7 +23,7 @@ pkgs_build=(
     libjansson-dev libcmocka-dev libnats-dev libinih-dev
 )
 pkgs_demo=(nats-server)
-pkgs_test=(clang libclang-rt-14-dev llvm openssl)
+pkgs_test=(clang clang-format libclang-rt-14-dev llvm openssl)
 
 usage() {
     sed -n '4,17s/^# \{0,1\}//p' "$0"

@@ -4,6 +4,7 @@
 # test.sh: the second command of the README and the whole of CI (.ci/run).
 #
 #   1. deps       scripts/deps.sh test
+#      format     clang-format --dry-run --Werror on every tracked .c/.h file
 #   2. gcc        build-test/: warnings as errors, then ctest
 #   3. asan       build-asan/: AddressSanitizer + UBSan (leaks detected,
 #                 any report aborts), then ctest
@@ -77,6 +78,16 @@ run_ctest() {
 
 section "deps" "(scripts/deps.sh test)"
 scripts/deps.sh test
+
+section "format" "(clang-format --dry-run --Werror on every C file)"
+mapfile -t cfiles < <(git ls-files '*.c' '*.h' 2>/dev/null || find include src tests bench fuzz -name '*.[ch]')
+if clang-format --dry-run --Werror "${cfiles[@]}"; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1))
+    echo "test.sh: run clang-format -i on the files above" >&2
+    exit 1
+fi
 
 section "gcc" "(build-test: -DMB_WERROR=ON)"
 cmake -S . -B build-test -DCMAKE_C_COMPILER=gcc -DMB_WERROR=ON

@@ -53,23 +53,23 @@ extern "C" {
 typedef struct mb_client mb_client;
 
 #define MB_CLIENT_MAX_SERVERS 16
-#define MB_CLIENT_MAX_POOL 32
+#define MB_CLIENT_MAX_POOL    32
 
 typedef struct mb_client_tls {
-    bool enabled;            /* also implied by a tls:// URL */
-    const char *ca_file;     /* PEM; NULL: the system's CAs */
-    const char *cert_file;   /* client certificate (PEM), with key_file; may be NULL */
+    bool enabled;          /* also implied by a tls:// URL */
+    const char *ca_file;   /* PEM; NULL: the system's CAs */
+    const char *cert_file; /* client certificate (PEM), with key_file; may be NULL */
     const char *key_file;
-    const char *hostname;    /* expected server name; NULL: from the URL */
-    bool skip_verify;        /* DANGEROUS: no certificate verification; default false */
+    const char *hostname; /* expected server name; NULL: from the URL */
+    bool skip_verify;     /* DANGEROUS: no certificate verification; default false */
 } mb_client_tls;
 
 typedef struct mb_client_auth {
     const char *user, *password; /* both or neither */
     const char *token;
-    const char *nkey_seed_file;  /* file holding an nkey seed (SU...), with nkey_public */
-    const char *nkey_public;     /* the seed's public key (U...): nats.c cannot derive it */
-    const char *creds_file;      /* JWT + seed .creds file */
+    const char *nkey_seed_file; /* file holding an nkey seed (SU...), with nkey_public */
+    const char *nkey_public;    /* the seed's public key (U...): nats.c cannot derive it */
+    const char *creds_file;     /* JWT + seed .creds file */
 } mb_client_auth;
 
 #define MB_CLIENT_MAX_CRITICAL 16
@@ -78,22 +78,22 @@ typedef struct mb_client_auth {
  * borrowed for the call to mb_client_create. Only nats-server 2.9 features
  * are used. */
 typedef struct mb_client_js_opts {
-    bool enabled;              /* default false: every subject goes through core NATS */
+    bool enabled; /* default false: every subject goes through core NATS */
     const char *critical_subjects[MB_CLIENT_MAX_CRITICAL]; /* subscription-style patterns;
-                                * default chat.whisper.player.*, chat.system,
-                                * mutes.changed.* */
+                                                            * default chat.whisper.player.*,
+                                                            * chat.system, mutes.changed.* */
     size_t ncritical;
-    const char *stream;        /* default "MUDBUS_CRITICAL" */
-    bool memory_storage;       /* default false: file storage */
-    uint64_t max_age_ms;       /* default 24 h */
-    uint64_t duplicate_window_ms; /* Nats-Msg-Id dedup window; default 2 min */
-    uint64_t ack_wait_ms;      /* consumer ack wait; default 30 s */
-    unsigned max_deliver;      /* consumer deliveries before the DLQ; default 5 */
-    const char *durable_prefix; /* default "mudbus_<client name>" (no '.') */
-    unsigned fetch_batch;      /* messages per pull; default 64 */
-    uint64_t fetch_timeout_ms; /* one pull's wait (bounds unsubscribe latency); default 500 */
+    const char *stream;              /* default "MUDBUS_CRITICAL" */
+    bool memory_storage;             /* default false: file storage */
+    uint64_t max_age_ms;             /* default 24 h */
+    uint64_t duplicate_window_ms;    /* Nats-Msg-Id dedup window; default 2 min */
+    uint64_t ack_wait_ms;            /* consumer ack wait; default 30 s */
+    unsigned max_deliver;            /* consumer deliveries before the DLQ; default 5 */
+    const char *durable_prefix;      /* default "mudbus_<client name>" (no '.') */
+    unsigned fetch_batch;            /* messages per pull; default 64 */
+    uint64_t fetch_timeout_ms;       /* one pull's wait (bounds unsubscribe latency); default 500 */
     uint64_t publish_ack_timeout_ms; /* async publish ack wait; default 5000 */
-    int64_t max_pending;       /* async publishes in flight per connection; default 4096 */
+    int64_t max_pending;             /* async publishes in flight per connection; default 4096 */
 } mb_client_js_opts;
 
 /* Client options. Fill with mb_client_opts_default, then change what you need.
@@ -102,43 +102,43 @@ typedef struct mb_client_opts {
     const char *servers[MB_CLIENT_MAX_SERVERS]; /* nats:// or tls:// URLs; default
                                                  * nats://127.0.0.1:4222 */
     size_t nservers;
-    const char *name;          /* client name shown by the server; default "mudbus" */
-    size_t pool_size;          /* connections; default 2; 1..MB_CLIENT_MAX_POOL */
+    const char *name; /* client name shown by the server; default "mudbus" */
+    size_t pool_size; /* connections; default 2; 1..MB_CLIENT_MAX_POOL */
     mb_client_tls tls;
     mb_client_auth auth;
-    int max_reconnect;         /* per connection; -1 unlimited (default) */
+    int max_reconnect;            /* per connection; -1 unlimited (default) */
     uint64_t reconnect_wait_ms;   /* default 2000 */
     uint64_t reconnect_jitter_ms; /* default 100 (TLS: 1000) */
     size_t reconnect_buf_bytes;   /* buffered while reconnecting; default 8 MiB */
     uint64_t connect_timeout_ms;  /* default 2000 */
-    bool start_disconnected;   /* when no connection is up at start, succeed anyway and keep
-                                * trying in the background (publishes fail with MB_ENOCONN
-                                * "not yet connected" until one is up); default false */
-    uint64_t health_interval_ms; /* default 5000 */
-    uint64_t health_timeout_ms;  /* flush round trip bound; default 500 */
-    unsigned health_failures;    /* consecutive failures to degraded; default 3 */
+    bool start_disconnected;      /* when no connection is up at start, succeed anyway and keep
+                                   * trying in the background (publishes fail with MB_ENOCONN
+                                   * "not yet connected" until one is up); default false */
+    uint64_t health_interval_ms;  /* default 5000 */
+    uint64_t health_timeout_ms;   /* flush round trip bound; default 500 */
+    unsigned health_failures;     /* consecutive failures to degraded; default 3 */
     mb_retry_policy retry;
-    mb_retry_budget_opts budget; /* its metrics field is ignored: the client's is used */
-    mb_breaker_opts breaker;     /* likewise */
-    size_t retry_queue_max;      /* messages waiting for a retry; default 65536 */
-    mb_dlq *dlq;                 /* borrowed; NULL: exhausted messages are reported as
-                                  * MB_CLIENT_EV_DROPPED events */
-    bool poll_mode;              /* deliver on the mb_client_dispatch thread */
-    size_t dispatch_queue_max;   /* poll mode: pending deliveries; default 65536; a delivery
-                                  * that finds it full goes to the DLQ (MB_ELIMIT) */
-    int sub_pending_msgs;        /* per subscription, in nats.c before the handler runs;
-                                  * past it nats.c drops messages and the client reports
-                                  * MB_CLIENT_EV_SLOW_CONSUMER; default 65536 */
-    int sub_pending_bytes;       /* likewise in bytes; default 64 MiB */
-    size_t max_payload;          /* default: the schema's max_bytes, at most the server's */
+    mb_retry_budget_opts budget;   /* its metrics field is ignored: the client's is used */
+    mb_breaker_opts breaker;       /* likewise */
+    size_t retry_queue_max;        /* messages waiting for a retry; default 65536 */
+    mb_dlq *dlq;                   /* borrowed; NULL: exhausted messages are reported as
+                                    * MB_CLIENT_EV_DROPPED events */
+    bool poll_mode;                /* deliver on the mb_client_dispatch thread */
+    size_t dispatch_queue_max;     /* poll mode: pending deliveries; default 65536; a delivery
+                                    * that finds it full goes to the DLQ (MB_ELIMIT) */
+    int sub_pending_msgs;          /* per subscription, in nats.c before the handler runs;
+                                    * past it nats.c drops messages and the client reports
+                                    * MB_CLIENT_EV_SLOW_CONSUMER; default 65536 */
+    int sub_pending_bytes;         /* likewise in bytes; default 64 MiB */
+    size_t max_payload;            /* default: the schema's max_bytes, at most the server's */
     mb_client_js_opts js;          /* JetStream for critical subjects (see below) */
     mb_subject_registry *subjects; /* borrowed; NULL: the client creates one */
-    mb_metrics *metrics;         /* borrowed; NULL: the client creates one */
-    uint32_t timing_sample;      /* time one call in N in the timing histograms of `metrics`
-                                  * (mb_metrics_set_timing_sample: it applies to the whole
-                                  * registry); a power of two up to 1024; default 16; 0 leaves
-                                  * the registry as it is */
-    const mb_clock *clock;       /* NULL: system */
+    mb_metrics *metrics;           /* borrowed; NULL: the client creates one */
+    uint32_t timing_sample;        /* time one call in N in the timing histograms of `metrics`
+                                    * (mb_metrics_set_timing_sample: it applies to the whole
+                                    * registry); a power of two up to 1024; default 16; 0 leaves
+                                    * the registry as it is */
+    const mb_clock *clock;         /* NULL: system */
     void (*log)(void *log_ctx, const char *line); /* one line, no newline; NULL: silent */
     void *log_ctx;
 } mb_client_opts;
@@ -198,8 +198,8 @@ mb_status mb_client_flush(mb_client *c, uint64_t timeout_ms, mb_err *err);
 /* A delivered message, borrowed for the handler's duration. */
 typedef struct mb_msg {
     const char *subject;
-    const char *reply;   /* NULL when the sender expects no reply */
-    const char *data;    /* validated JSON, NUL-terminated (not counted in len) */
+    const char *reply; /* NULL when the sender expects no reply */
+    const char *data;  /* validated JSON, NUL-terminated (not counted in len) */
     size_t len;
     mb_schema_kind schema;
     const char *pattern; /* name of the subject's pattern */
@@ -251,7 +251,7 @@ mb_status mb_client_respond(mb_client *c, const mb_msg *msg, const void *data, s
 /* ---- events ---- */
 
 typedef enum mb_client_event_type {
-    MB_CLIENT_EV_DISCONNECTED,  /* a connection lost its server */
+    MB_CLIENT_EV_DISCONNECTED, /* a connection lost its server */
     MB_CLIENT_EV_RECONNECTED,
     MB_CLIENT_EV_CLOSED,        /* a connection closed for good */
     MB_CLIENT_EV_ERROR,         /* an asynchronous error (e.g. permissions) */
@@ -265,9 +265,9 @@ typedef enum mb_client_event_type {
 
 typedef struct mb_client_event {
     mb_client_event_type type;
-    int conn;              /* pool index, or -1 */
-    mb_status status;      /* the error, when there is one */
-    const char *text;      /* one line: detail, subject, ... */
+    int conn;               /* pool index, or -1 */
+    mb_status status;       /* the error, when there is one */
+    const char *text;       /* one line: detail, subject, ... */
     mb_conn_state from, to; /* MB_CLIENT_EV_STATE */
 } mb_client_event;
 
@@ -339,12 +339,12 @@ void mb_client_js_stats_get(mb_client *c, mb_client_js_stats *out);
 typedef struct mb_client_health {
     mb_conn_state state;
     size_t pool_size;
-    size_t live;              /* connections up now */
-    uint64_t last_rtt_us;     /* last successful health round trip; 0 if none */
+    size_t live;          /* connections up now */
+    uint64_t last_rtt_us; /* last successful health round trip; 0 if none */
     mb_status last_error;
     char last_error_msg[MB_ERR_MSG_MAX];
-    char server_version[32];  /* of a live connection; "" if none */
-    size_t retry_pending;     /* messages waiting for a retry */
+    char server_version[32]; /* of a live connection; "" if none */
+    size_t retry_pending;    /* messages waiting for a retry */
 } mb_client_health;
 
 void mb_client_health_get(mb_client *c, mb_client_health *out);

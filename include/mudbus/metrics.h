@@ -50,8 +50,8 @@ typedef struct mb_gauge {
 
 typedef struct mb_histogram {
     _Atomic uint64_t buckets[MB_HIST_BUCKETS + 1]; /* per bucket, not cumulative */
-    _Atomic uint64_t sum; /* wraps at 2^64 base units (584 years of nanoseconds) */
-    double unit_scale; /* exposition multiplies values by this (1e-9: ns -> s) */
+    _Atomic uint64_t sum;         /* wraps at 2^64 base units (584 years of nanoseconds) */
+    double unit_scale;            /* exposition multiplies values by this (1e-9: ns -> s) */
     _Atomic uint32_t sample_mask; /* see mb_histogram_sample; 0: every call */
 } mb_histogram;
 
@@ -133,8 +133,8 @@ void mb_metrics_destroy(mb_metrics *m);
  * Returns MB_EINVAL for a bad name or labels or a family registered before
  * with another type, MB_EEXIST when the same name and labels are registered
  * already, MB_ENOMEM. On error nothing is registered. */
-mb_status mb_metrics_counter(mb_metrics *m, const char *name, const char *help,
-                             const char *labels, mb_counter **out, mb_err *err);
+mb_status mb_metrics_counter(mb_metrics *m, const char *name, const char *help, const char *labels,
+                             mb_counter **out, mb_err *err);
 mb_status mb_metrics_gauge(mb_metrics *m, const char *name, const char *help, const char *labels,
                            mb_gauge **out, mb_err *err);
 /* `unit_scale` converts the observed base unit to the exposed one: 1e-9 for a

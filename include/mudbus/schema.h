@@ -60,8 +60,8 @@ mb_status mb_schema_kind_parse(const char *s, mb_schema_kind *out);
 /* Limits of the validator. Zero fields take the defaults. max_bytes should
  * not exceed the NATS server's max_payload. */
 typedef struct mb_schema_opts {
-    size_t max_bytes;   /* whole payload, bytes; default 65536 */
-    unsigned max_depth; /* container nesting, top-level object = 1; default 10 */
+    size_t max_bytes;    /* whole payload, bytes; default 65536 */
+    unsigned max_depth;  /* container nesting, top-level object = 1; default 10 */
     mb_metrics *metrics; /* NULL: the validator keeps no metrics */
 } mb_schema_opts;
 

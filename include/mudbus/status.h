@@ -27,32 +27,32 @@ extern "C" {
 
 /* X(NAME, "message") for every status. The order fixes the numeric values:
  * append new statuses at the end so that values stay stable across releases. */
-#define MB_STATUS_MAP(X)                                                                  \
-    X(MB_OK, "success")                                                                   \
-    X(MB_EINVAL, "invalid argument")                                                      \
-    X(MB_ENOMEM, "out of memory")                                                         \
-    X(MB_ENOTFOUND, "not found")                                                          \
-    X(MB_EEXIST, "already exists")                                                        \
-    X(MB_ENOSPC, "output buffer too small")                                               \
-    X(MB_ETOOBIG, "payload too large")                                                    \
-    X(MB_ESUBJECT, "invalid subject")                                                     \
-    X(MB_EPATTERN, "invalid subject pattern")                                             \
-    X(MB_EJSON, "malformed JSON")                                                         \
-    X(MB_ESCHEMA, "message does not match its schema")                                    \
-    X(MB_ETIMEOUT, "timed out")                                                           \
-    X(MB_ENOCONN, "not connected")                                                        \
-    X(MB_ENORESPONDERS, "no responders")                                                  \
-    X(MB_EAUTH, "authentication or authorization failed")                                 \
-    X(MB_ETLS, "TLS failure")                                                             \
-    X(MB_EBREAKER, "circuit breaker is open")                                             \
-    X(MB_EBUDGET, "retry budget exhausted")                                               \
-    X(MB_EAGAIN, "would block")                                                           \
-    X(MB_ESTATE, "invalid state for this operation")                                      \
-    X(MB_ECLOSED, "closed")                                                               \
-    X(MB_EIO, "input/output error")                                                       \
-    X(MB_ECORRUPT, "corrupt data")                                                        \
-    X(MB_EUNSUPPORTED, "not supported")                                                   \
-    X(MB_EINTERNAL, "internal error")                                                     \
+#define MB_STATUS_MAP(X)                                                                           \
+    X(MB_OK, "success")                                                                            \
+    X(MB_EINVAL, "invalid argument")                                                               \
+    X(MB_ENOMEM, "out of memory")                                                                  \
+    X(MB_ENOTFOUND, "not found")                                                                   \
+    X(MB_EEXIST, "already exists")                                                                 \
+    X(MB_ENOSPC, "output buffer too small")                                                        \
+    X(MB_ETOOBIG, "payload too large")                                                             \
+    X(MB_ESUBJECT, "invalid subject")                                                              \
+    X(MB_EPATTERN, "invalid subject pattern")                                                      \
+    X(MB_EJSON, "malformed JSON")                                                                  \
+    X(MB_ESCHEMA, "message does not match its schema")                                             \
+    X(MB_ETIMEOUT, "timed out")                                                                    \
+    X(MB_ENOCONN, "not connected")                                                                 \
+    X(MB_ENORESPONDERS, "no responders")                                                           \
+    X(MB_EAUTH, "authentication or authorization failed")                                          \
+    X(MB_ETLS, "TLS failure")                                                                      \
+    X(MB_EBREAKER, "circuit breaker is open")                                                      \
+    X(MB_EBUDGET, "retry budget exhausted")                                                        \
+    X(MB_EAGAIN, "would block")                                                                    \
+    X(MB_ESTATE, "invalid state for this operation")                                               \
+    X(MB_ECLOSED, "closed")                                                                        \
+    X(MB_EIO, "input/output error")                                                                \
+    X(MB_ECORRUPT, "corrupt data")                                                                 \
+    X(MB_EUNSUPPORTED, "not supported")                                                            \
+    X(MB_EINTERNAL, "internal error")                                                              \
     X(MB_ELIMIT, "limit reached")
 
 typedef enum mb_status {

@@ -39,10 +39,10 @@
 extern "C" {
 #endif
 
-#define MB_SUBJECT_MAX 255        /* bytes of a whole subject */
-#define MB_SUBJECT_TOKEN_MAX 128  /* bytes of a token built from a parameter */
-#define MB_SUBJECT_NAME_MAX 64    /* bytes of a pattern name */
-#define MB_SUBJECT_MAX_PATTERNS 1024
+#define MB_SUBJECT_MAX           255 /* bytes of a whole subject */
+#define MB_SUBJECT_TOKEN_MAX     128 /* bytes of a token built from a parameter */
+#define MB_SUBJECT_NAME_MAX      64  /* bytes of a pattern name */
+#define MB_SUBJECT_MAX_PATTERNS  1024
 #define MB_SUBJECT_MAX_WILDCARDS 2 /* in a subscription pattern */
 
 typedef struct mb_subject_registry mb_subject_registry;
@@ -56,28 +56,28 @@ typedef struct mb_subject_param {
 /* What a subject or name resolved to. Pointers stay valid until the registry
  * is destroyed. */
 typedef struct mb_subject_info {
-    const char *name;     /* "chat_say_room" */
-    const char *pattern;  /* "chat.say.room.{room_id}" */
+    const char *name;    /* "chat_say_room" */
+    const char *pattern; /* "chat.say.room.{room_id}" */
     mb_schema_kind schema;
 } mb_subject_info;
 
 /* Why a subject, parameter or subscription pattern was refused. Each reason is
  * counted in mudbus_subject_failures_total{reason="..."}. */
-#define MB_SUBJECT_REASON_MAP(X)                                                           \
-    X(UNKNOWN_PATTERN, "unknown_pattern")                                                  \
-    X(MISSING_PARAM, "missing_param")                                                      \
-    X(UNEXPECTED_PARAM, "unexpected_param")                                                \
-    X(DUPLICATE_PARAM, "duplicate_param")                                                  \
-    X(EMPTY_VALUE, "empty_value")                                                          \
-    X(BAD_CHAR, "bad_char")                                                                \
-    X(TOKEN_TOO_LONG, "token_too_long")                                                    \
-    X(TOO_LONG, "too_long")                                                                \
-    X(EMPTY_TOKEN, "empty_token")                                                          \
-    X(NO_MATCH, "no_match")                                                                \
-    X(WILDCARD_FIRST, "wildcard_first")                                                    \
-    X(TOO_MANY_WILDCARDS, "too_many_wildcards")                                            \
-    X(ALL_WILDCARDS, "all_wildcards")                                                      \
-    X(GT_NOT_LAST, "gt_not_last")                                                          \
+#define MB_SUBJECT_REASON_MAP(X)                                                                   \
+    X(UNKNOWN_PATTERN, "unknown_pattern")                                                          \
+    X(MISSING_PARAM, "missing_param")                                                              \
+    X(UNEXPECTED_PARAM, "unexpected_param")                                                        \
+    X(DUPLICATE_PARAM, "duplicate_param")                                                          \
+    X(EMPTY_VALUE, "empty_value")                                                                  \
+    X(BAD_CHAR, "bad_char")                                                                        \
+    X(TOKEN_TOO_LONG, "token_too_long")                                                            \
+    X(TOO_LONG, "too_long")                                                                        \
+    X(EMPTY_TOKEN, "empty_token")                                                                  \
+    X(NO_MATCH, "no_match")                                                                        \
+    X(WILDCARD_FIRST, "wildcard_first")                                                            \
+    X(TOO_MANY_WILDCARDS, "too_many_wildcards")                                                    \
+    X(ALL_WILDCARDS, "all_wildcards")                                                              \
+    X(GT_NOT_LAST, "gt_not_last")                                                                  \
     X(WILDCARD_IN_TOKEN, "wildcard_in_token")
 
 typedef enum mb_subject_reason {
@@ -141,9 +141,9 @@ mb_status mb_subject_lookup(const mb_subject_registry *r, const char *name, mb_s
  * MB_ENOSPC when cap is too small; MB_EINVAL for NULL arguments (a NULL
  * params with nparams > 0, or a parameter with a NULL name or value). On
  * error buf holds an empty string (when cap > 0). */
-mb_status mb_subject_build(mb_subject_registry *r, const char *name,
-                           const mb_subject_param *params, size_t nparams, char *buf, size_t cap,
-                           size_t *out_len, mb_subject_reason *reason, mb_err *err);
+mb_status mb_subject_build(mb_subject_registry *r, const char *name, const mb_subject_param *params,
+                           size_t nparams, char *buf, size_t cap, size_t *out_len,
+                           mb_subject_reason *reason, mb_err *err);
 
 /* Check that `subject` (len bytes) may be published: 1..255 bytes, tokens
  * non-empty and of the token charset, matching a registered pattern (token

@@ -140,28 +140,28 @@ typedef struct cli_conn {
     bool tls;
     const char *tls_ca, *tls_cert, *tls_key;
     const char *user, *password, *token, *creds, *nkey_seed, *nkey_public;
-    uint64_t connect_timeout_ms; /* 0: not given */
-    const char *config;          /* --config FILE */
-    bool given;                  /* --server or --config was given */
+    uint64_t connect_timeout_ms;   /* 0: not given */
+    const char *config;            /* --config FILE */
+    bool given;                    /* --server or --config was given */
     mb_config *cfg_file, *cfg_env; /* kept until cli_conn_free: opts point into them */
 } cli_conn;
 
 /* The help paragraph of the connection options. */
-#define CLI_CONN_HELP                                                                             \
+#define CLI_CONN_HELP                                                                              \
     "\n"                                                                                           \
     "Connection options:\n"                                                                        \
     "      --server URL         nats:// or tls:// URL; repeatable or a comma list\n"               \
-    "                           (default: MUDBUS_NATS_SERVERS, else nats://127.0.0.1:4222)\n"     \
+    "                           (default: MUDBUS_NATS_SERVERS, else nats://127.0.0.1:4222)\n"      \
     "      --config FILE        read the [nats] section of an INI file (other sections are\n"      \
-    "                           ignored); MUDBUS_NATS_* variables override it, flags both\n"      \
+    "                           ignored); MUDBUS_NATS_* variables override it, flags both\n"       \
     "      --tls                use TLS (implied by a tls:// URL or any --tls-* option)\n"         \
-    "      --tls-ca FILE        CA certificates (PEM) to verify the server with\n"                \
-    "      --tls-cert FILE      client certificate (PEM), with --tls-key\n"                       \
+    "      --tls-ca FILE        CA certificates (PEM) to verify the server with\n"                 \
+    "      --tls-cert FILE      client certificate (PEM), with --tls-key\n"                        \
     "      --tls-key FILE       its private key (PEM)\n"                                           \
-    "      --user USER          user name, with --password\n"                                     \
-    "      --password PASS      password; better: MUDBUS_NATS_PASSWORD (not shown by ps)\n"       \
-    "      --token TOKEN        authentication token (or MUDBUS_NATS_TOKEN)\n"                    \
-    "      --creds FILE         JWT and nkey seed (.creds file)\n"                               \
+    "      --user USER          user name, with --password\n"                                      \
+    "      --password PASS      password; better: MUDBUS_NATS_PASSWORD (not shown by ps)\n"        \
+    "      --token TOKEN        authentication token (or MUDBUS_NATS_TOKEN)\n"                     \
+    "      --creds FILE         JWT and nkey seed (.creds file)\n"                                 \
     "      --nkey-seed FILE     file holding an nkey seed, with --nkey-public\n"                   \
     "      --nkey-public KEY    the seed's public key (U...)\n"                                    \
     "      --connect-timeout MS connection timeout in milliseconds (default 2000)\n"

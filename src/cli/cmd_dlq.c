@@ -46,7 +46,6 @@
 #include "mudbus/dlq.h"
 #include "mudbus/schema.h"
 
-
 #define MAX_HEADERS 64
 #define PAYLOAD_MAX ((size_t)1 << 20)
 
@@ -106,8 +105,8 @@ static const char replay_help[] =
     "      --rate N            at most N entries per second (default: no limit)\n"
     "      --burst N           entries allowed at once under --rate (default 1)\n"
     "      --max N             replay at most N entries\n"
-    "      --on-error MODE     stop (default) or skip an entry that fails\n" FILTER_HELP CLI_CONN_HELP
-    "\n"
+    "      --on-error MODE     stop (default) or skip an entry that fails\n" FILTER_HELP
+        CLI_CONN_HELP "\n"
     "With --server, exit status 1 also means: an entry was refused (invalid\n"
     "subject or payload) or the configuration is invalid; 3: no NATS server\n"
     "could be reached, or publishing or flushing an entry failed.\n";
@@ -775,8 +774,8 @@ static mb_status to_nats(void *ctx, const mb_dlq_entry *e, mb_err *err)
 {
     replay_ctx *c = ctx;
     mb_publish_opts po = {.ordering_key = NULL, .no_retry = true};
-    mb_status st = mb_client_publish(c->client, e->subject, e->payload, e->payload_len, &po, NULL,
-                                     err);
+    mb_status st =
+        mb_client_publish(c->client, e->subject, e->payload, e->payload_len, &po, NULL, err);
     if (st == MB_OK)
         st = mb_client_flush(c->client, 5000, err);
     if (st != MB_OK && err != NULL) {

@@ -40,7 +40,7 @@
 #include "mudbus/schema.h"
 #include "mudbus/subject.h"
 
-#define PAYLOAD_MAX ((size_t)1 << 20)
+#define PAYLOAD_MAX         ((size_t)1 << 20)
 #define CONNECT_TIMEOUT_MAX 600000u
 
 /* ---- connection options ---- */
@@ -368,8 +368,7 @@ static const char pub_help[] =
     "Publish one message. SUBJECT must match a registered pattern (mudbus\n"
     "subjects list) and DATA its schema; DATA omitted or '-' is read from\n"
     "standard input (at most 1 MiB). The message is sent without retries and\n"
-    "flushed to the server; then `published to SUBJECT (N bytes)` is printed.\n" CLI_CONN_HELP
-    "\n"
+    "flushed to the server; then `published to SUBJECT (N bytes)` is printed.\n" CLI_CONN_HELP "\n"
     "Exit status 1 also means: the configuration is invalid; 3: no NATS server\n"
     "could be reached (connection, TLS or authentication failure), or the\n"
     "message could not be handed over or flushed.\n";
@@ -439,8 +438,7 @@ static const char sub_help[] =
     "      --count N        stop after N messages\n"
     "      --queue GROUP    join queue group GROUP (each message goes to one member)\n"
     "      --timeout MS     stop after MS milliseconds; with --count, exit 1 when\n"
-    "                       fewer than N messages arrived\n" CLI_CONN_HELP
-    "\n"
+    "                       fewer than N messages arrived\n" CLI_CONN_HELP "\n"
     "Exit status 1 also means: the pattern is refused, the configuration is\n"
     "invalid, or --timeout passed before --count messages arrived; 3: no NATS\n"
     "server could be reached (connection, TLS or authentication failure).\n";
@@ -637,9 +635,8 @@ static const char req_help[] =
     "the reply is printed as it came (replies have no schema).\n"
     "\n"
     "Options:\n"
-    "      --timeout MS     wait at most MS milliseconds for the reply (default 5000)\n"
-    CLI_CONN_HELP
-    "\n"
+    "      --timeout MS     wait at most MS milliseconds for the reply (default "
+    "5000)\n" CLI_CONN_HELP "\n"
     "Exit status 1 also means: `timed out` (no reply in time), `no responders`\n"
     "(nobody listens on SUBJECT), or an invalid configuration; 3: no NATS\n"
     "server could be reached (connection, TLS or authentication failure).\n";
@@ -721,8 +718,7 @@ static const char health_help[] =
     "version (`unknown`: nats.c 3.4 does not report it), and whether JetStream\n"
     "is available to the account (probed on a second, plain nats.c connection\n"
     "with the same options: `available (N streams, M consumers)`, `not enabled`\n"
-    "or `unknown (...)`).\n" CLI_CONN_HELP
-    "\n"
+    "or `unknown (...)`).\n" CLI_CONN_HELP "\n"
     "Exit status 0: connected (whatever JetStream says); 1: invalid\n"
     "configuration; 3: no NATS server could be reached (connection, TLS or\n"
     "authentication failure), or the flush failed.\n";

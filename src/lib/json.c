@@ -44,25 +44,93 @@ enum {
 
 static const unsigned char byte_class[256] = {
 #define R8(x) x, x, x, x, x, x, x, x
-    R8(C_CTRL), R8(C_CTRL), R8(C_CTRL), R8(C_CTRL),
-    /* 0x20 */ C_PRINT, C_PRINT, C_QUOTE, C_PRINT, C_PRINT, C_PRINT, C_PRINT, C_PRINT,
-    /* 0x28 */ C_PRINT, C_PRINT, C_PRINT, C_PRINT, C_PRINT, C_TOKEN, C_PRINT, C_PRINT,
-    /* 0x30 */ R8(C_TOKEN), C_TOKEN, C_TOKEN, C_PRINT, C_PRINT, C_PRINT, C_PRINT, C_PRINT, C_PRINT,
-    /* 0x40 */ C_PRINT, C_TOKEN, C_TOKEN, C_TOKEN, C_TOKEN, C_TOKEN, C_TOKEN, C_TOKEN,
-    /* 0x48 */ R8(C_TOKEN), R8(C_TOKEN),
-    /* 0x58 */ C_TOKEN, C_TOKEN, C_TOKEN, C_PRINT, C_BSLASH, C_PRINT, C_PRINT, C_TOKEN,
-    /* 0x60 */ C_PRINT, C_TOKEN, C_TOKEN, C_TOKEN, C_TOKEN, C_TOKEN, C_TOKEN, C_TOKEN,
-    /* 0x68 */ R8(C_TOKEN), R8(C_TOKEN),
-    /* 0x78 */ C_TOKEN, C_TOKEN, C_TOKEN, C_PRINT, C_PRINT, C_PRINT, C_PRINT, C_DEL,
-    R8(C_HIGH), R8(C_HIGH), R8(C_HIGH), R8(C_HIGH), R8(C_HIGH), R8(C_HIGH), R8(C_HIGH), R8(C_HIGH),
-    R8(C_HIGH), R8(C_HIGH), R8(C_HIGH), R8(C_HIGH), R8(C_HIGH), R8(C_HIGH), R8(C_HIGH), R8(C_HIGH),
+    R8(C_CTRL),
+    R8(C_CTRL),
+    R8(C_CTRL),
+    R8(C_CTRL),
+    /* 0x20 */ C_PRINT,
+    C_PRINT,
+    C_QUOTE,
+    C_PRINT,
+    C_PRINT,
+    C_PRINT,
+    C_PRINT,
+    C_PRINT,
+    /* 0x28 */ C_PRINT,
+    C_PRINT,
+    C_PRINT,
+    C_PRINT,
+    C_PRINT,
+    C_TOKEN,
+    C_PRINT,
+    C_PRINT,
+    /* 0x30 */ R8(C_TOKEN),
+    C_TOKEN,
+    C_TOKEN,
+    C_PRINT,
+    C_PRINT,
+    C_PRINT,
+    C_PRINT,
+    C_PRINT,
+    C_PRINT,
+    /* 0x40 */ C_PRINT,
+    C_TOKEN,
+    C_TOKEN,
+    C_TOKEN,
+    C_TOKEN,
+    C_TOKEN,
+    C_TOKEN,
+    C_TOKEN,
+    /* 0x48 */ R8(C_TOKEN),
+    R8(C_TOKEN),
+    /* 0x58 */ C_TOKEN,
+    C_TOKEN,
+    C_TOKEN,
+    C_PRINT,
+    C_BSLASH,
+    C_PRINT,
+    C_PRINT,
+    C_TOKEN,
+    /* 0x60 */ C_PRINT,
+    C_TOKEN,
+    C_TOKEN,
+    C_TOKEN,
+    C_TOKEN,
+    C_TOKEN,
+    C_TOKEN,
+    C_TOKEN,
+    /* 0x68 */ R8(C_TOKEN),
+    R8(C_TOKEN),
+    /* 0x78 */ C_TOKEN,
+    C_TOKEN,
+    C_TOKEN,
+    C_PRINT,
+    C_PRINT,
+    C_PRINT,
+    C_PRINT,
+    C_DEL,
+    R8(C_HIGH),
+    R8(C_HIGH),
+    R8(C_HIGH),
+    R8(C_HIGH),
+    R8(C_HIGH),
+    R8(C_HIGH),
+    R8(C_HIGH),
+    R8(C_HIGH),
+    R8(C_HIGH),
+    R8(C_HIGH),
+    R8(C_HIGH),
+    R8(C_HIGH),
+    R8(C_HIGH),
+    R8(C_HIGH),
+    R8(C_HIGH),
+    R8(C_HIGH),
 #undef R8
 };
 
 mb_status mb__json_fail(mb__json_scan *s, const char *what)
 {
-    return mb_err_set(s->err, MB_EJSON, "json: %s at byte %zu", what,
-                      (size_t)(s->p - s->start));
+    return mb_err_set(s->err, MB_EJSON, "json: %s at byte %zu", what, (size_t)(s->p - s->start));
 }
 
 void mb__json_scan_init(mb__json_scan *s, const char *buf, size_t len, unsigned schema_depth,
@@ -118,8 +186,7 @@ static size_t utf8_decode(const unsigned char *p, const unsigned char *end, uint
         return 3;
     }
     if (b0 >= 0xF0 && b0 <= 0xF4) {
-        if (avail < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 ||
-            (p[3] & 0xC0) != 0x80)
+        if (avail < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80)
             return 0;
         uint32_t c = ((uint32_t)(b0 & 0x07) << 18) | ((uint32_t)(p[1] & 0x3F) << 12) |
                      ((uint32_t)(p[2] & 0x3F) << 6) | (p[3] & 0x3F);
@@ -192,18 +259,19 @@ mb_status mb__json_string(mb__json_scan *s, mb__json_str *out)
          * '"', '\\', a control byte, DEL or a byte >= 0x80. */
         while (end - p >= 16) {
             __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
-            __m128i sp = _mm_or_si128(
-                _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
-                             _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
-                _mm_or_si128(_mm_cmplt_epi8(v, _mm_set1_epi8(0x20)), /* also >= 0x80 */
-                             _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7F))));
+            __m128i sp =
+                _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+                                          _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
+                             _mm_or_si128(_mm_cmplt_epi8(v, _mm_set1_epi8(0x20)), /* also >= 0x80 */
+                                          _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7F))));
             unsigned special = (unsigned)_mm_movemask_epi8(sp);
             unsigned n = special ? (unsigned)__builtin_ctz(special) : 16u;
             if (!(flags & MB__JSTR_NONTOKEN)) {
                 /* Unsigned range checks through a signed compare after a bias. */
                 __m128i lower = _mm_or_si128(v, _mm_set1_epi8(0x20));
-                __m128i alpha = _mm_cmplt_epi8(_mm_add_epi8(lower, _mm_set1_epi8((char)(0x80 - 'a'))),
-                                               _mm_set1_epi8((char)(0x80 + 26)));
+                __m128i alpha =
+                    _mm_cmplt_epi8(_mm_add_epi8(lower, _mm_set1_epi8((char)(0x80 - 'a'))),
+                                   _mm_set1_epi8((char)(0x80 + 26)));
                 __m128i digit = _mm_cmplt_epi8(_mm_add_epi8(v, _mm_set1_epi8((char)(0x80 - '0'))),
                                                _mm_set1_epi8((char)(0x80 + 10)));
                 __m128i tok = _mm_or_si128(_mm_or_si128(alpha, digit),

@@ -46,7 +46,7 @@ typedef struct mb__json_str {
  * the functions below and release it with mb__json_scan_fini. On MB_EJSON the
  * position is unspecified and the reason is in err. */
 typedef struct mb__json_key {
-    const char *raw;  /* key text as scanned (escapes not resolved) */
+    const char *raw; /* key text as scanned (escapes not resolved) */
     uint32_t raw_len;
     uint32_t obj;     /* serial number of the object holding the key; 0 = empty slot */
     uint32_t hash;    /* hash of the unescaped key */
@@ -57,14 +57,14 @@ typedef struct mb__json_key {
 
 typedef struct mb__json_scan {
     const unsigned char *start, *p, *end;
-    unsigned schema_depth;   /* containers deeper than this are a schema error (0: no limit) */
-    size_t depth_error_at;   /* offset of the first such container, or SIZE_MAX */
-    unsigned depth_seen;     /* depth of that container */
-    uint32_t next_obj;       /* next object serial number */
-    mb__json_key *keys;      /* open-addressing set of (object, key) */
+    unsigned schema_depth; /* containers deeper than this are a schema error (0: no limit) */
+    size_t depth_error_at; /* offset of the first such container, or SIZE_MAX */
+    unsigned depth_seen;   /* depth of that container */
+    uint32_t next_obj;     /* next object serial number */
+    mb__json_key *keys;    /* open-addressing set of (object, key) */
     size_t key_cap, key_count;
     mb__json_key inline_keys[MB__JSON_INLINE_KEYS];
-    uint32_t *levels;        /* per open container: object serial, 0 for arrays */
+    uint32_t *levels; /* per open container: object serial, 0 for arrays */
     size_t level_cap;
     uint32_t inline_levels[32];
     mb_err *err;

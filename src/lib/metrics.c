@@ -226,8 +226,8 @@ static mb_status add_entry(mb_metrics *m, metric_kind kind, const char *name, co
         if (strcmp(e->name, name) != 0)
             continue;
         if (e->kind != kind) {
-            st = mb_err_set(err, MB_EINVAL, "metrics: %s registered before with another type",
-                            name);
+            st =
+                mb_err_set(err, MB_EINVAL, "metrics: %s registered before with another type", name);
             goto out;
         }
         if (same_str(e->labels, labels)) {
@@ -266,8 +266,8 @@ out:
     return st;
 }
 
-mb_status mb_metrics_counter(mb_metrics *m, const char *name, const char *help,
-                             const char *labels, mb_counter **out, mb_err *err)
+mb_status mb_metrics_counter(mb_metrics *m, const char *name, const char *help, const char *labels,
+                             mb_counter **out, mb_err *err)
 {
     entry *e;
     mb_status st = add_entry(m, KIND_COUNTER, name, help, labels, 0, &e, err);
@@ -303,8 +303,8 @@ mb_status mb_metrics_histogram(mb_metrics *m, const char *name, const char *help
 mb_status mb_metrics_set_timing_sample(mb_metrics *m, uint32_t every_n, mb_err *err)
 {
     if (m == NULL || every_n == 0 || every_n > 1024 || (every_n & (every_n - 1)) != 0)
-        return mb_err_set(err, MB_EINVAL, "metrics: timing sample %u is not a power of two in 1..1024",
-                          every_n);
+        return mb_err_set(err, MB_EINVAL,
+                          "metrics: timing sample %u is not a power of two in 1..1024", every_n);
     pthread_mutex_lock(&m->lock);
     m->timing_mask = every_n - 1;
     for (size_t i = 0; i < m->n; i++) {

@@ -38,19 +38,19 @@
 
 /* ---- reasons, for metrics ---- */
 
-#define REASON_MAP(X)                                                                      \
-    X(TOO_BIG, "too_big")                                                                  \
-    X(JSON, "json")                                                                        \
-    X(NOT_OBJECT, "not_object")                                                            \
-    X(DEPTH, "depth")                                                                      \
-    X(UNKNOWN_FIELD, "unknown_field")                                                      \
-    X(MISSING_FIELD, "missing_field")                                                      \
-    X(WRONG_TYPE, "wrong_type")                                                            \
-    X(LENGTH, "length")                                                                    \
-    X(CHARSET, "charset")                                                                  \
-    X(CONTROL, "control_char")                                                             \
-    X(BAD_VALUE, "bad_value")                                                              \
-    X(TIMESTAMP, "timestamp")                                                              \
+#define REASON_MAP(X)                                                                              \
+    X(TOO_BIG, "too_big")                                                                          \
+    X(JSON, "json")                                                                                \
+    X(NOT_OBJECT, "not_object")                                                                    \
+    X(DEPTH, "depth")                                                                              \
+    X(UNKNOWN_FIELD, "unknown_field")                                                              \
+    X(MISSING_FIELD, "missing_field")                                                              \
+    X(WRONG_TYPE, "wrong_type")                                                                    \
+    X(LENGTH, "length")                                                                            \
+    X(CHARSET, "charset")                                                                          \
+    X(CONTROL, "control_char")                                                                     \
+    X(BAD_VALUE, "bad_value")                                                                      \
+    X(TIMESTAMP, "timestamp")                                                                      \
     X(OTHER, "other")
 
 enum reason {
@@ -99,14 +99,23 @@ static const struct {
     const char *name;
     size_t len;
 } field_names[F_COUNT] = {
-    {"message_id", 10}, {"timestamp", 9},     {"sender_id", 9},     {"sender_name", 11},
-    {"channel", 7},     {"content", 7},       {"room_id", 7},       {"subzone", 7},
-    {"target_id", 9},   {"party_id", 8},      {"target_name", 11},  {"speaker_kind", 12},
-    {"event_type", 10}, {"event_data", 10},   {"player_id", 9},
+    {"message_id", 10}, {"timestamp", 9},   {"sender_id", 9},    {"sender_name", 11},
+    {"channel", 7},     {"content", 7},     {"room_id", 7},      {"subzone", 7},
+    {"target_id", 9},   {"party_id", 8},    {"target_name", 11}, {"speaker_kind", 12},
+    {"event_type", 10}, {"event_data", 10}, {"player_id", 9},
 };
 
-enum rule { R_ID, R_TOKEN, R_SHORT_TOKEN, R_TIMESTAMP, R_NAME, R_TEXT, R_CHANNEL, R_SPEAKER,
-            R_OBJECT };
+enum rule {
+    R_ID,
+    R_TOKEN,
+    R_SHORT_TOKEN,
+    R_TIMESTAMP,
+    R_NAME,
+    R_TEXT,
+    R_CHANNEL,
+    R_SPEAKER,
+    R_OBJECT
+};
 
 typedef struct field_spec {
     enum field id;
@@ -115,19 +124,19 @@ typedef struct field_spec {
 } field_spec;
 
 static const field_spec chat_spec[] = {
-    {F_MESSAGE_ID, R_ID, true},      {F_TIMESTAMP, R_TIMESTAMP, true},
-    {F_SENDER_ID, R_TOKEN, true},    {F_SENDER_NAME, R_NAME, true},
-    {F_CHANNEL, R_CHANNEL, true},    {F_CONTENT, R_TEXT, true},
-    {F_ROOM_ID, R_TOKEN, false},     {F_SUBZONE, R_TOKEN, false},
-    {F_TARGET_ID, R_TOKEN, false},   {F_PARTY_ID, R_TOKEN, false},
-    {F_TARGET_NAME, R_NAME, false},  {F_SPEAKER_KIND, R_SPEAKER, false},
+    {F_MESSAGE_ID, R_ID, true},     {F_TIMESTAMP, R_TIMESTAMP, true},
+    {F_SENDER_ID, R_TOKEN, true},   {F_SENDER_NAME, R_NAME, true},
+    {F_CHANNEL, R_CHANNEL, true},   {F_CONTENT, R_TEXT, true},
+    {F_ROOM_ID, R_TOKEN, false},    {F_SUBZONE, R_TOKEN, false},
+    {F_TARGET_ID, R_TOKEN, false},  {F_PARTY_ID, R_TOKEN, false},
+    {F_TARGET_NAME, R_NAME, false}, {F_SPEAKER_KIND, R_SPEAKER, false},
 };
 
 static const field_spec event_spec[] = {
-    {F_MESSAGE_ID, R_ID, true},         {F_TIMESTAMP, R_TIMESTAMP, true},
+    {F_MESSAGE_ID, R_ID, true},          {F_TIMESTAMP, R_TIMESTAMP, true},
     {F_EVENT_TYPE, R_SHORT_TOKEN, true}, {F_EVENT_DATA, R_OBJECT, true},
-    {F_ROOM_ID, R_TOKEN, false},        {F_PLAYER_ID, R_TOKEN, false},
-    {F_SENDER_ID, R_TOKEN, false},      {F_SENDER_NAME, R_NAME, false},
+    {F_ROOM_ID, R_TOKEN, false},         {F_PLAYER_ID, R_TOKEN, false},
+    {F_SENDER_ID, R_TOKEN, false},       {F_SENDER_NAME, R_NAME, false},
 };
 
 enum vtype { VT_ABSENT = 0, VT_NULL, VT_STRING, VT_NUMBER, VT_BOOL, VT_OBJECT, VT_ARRAY };
@@ -325,8 +334,9 @@ size_t mb_timestamp_format(int64_t unix_ms, char *buf)
     int m = (int)(mp < 10 ? mp + 3 : mp - 9);
     y += m <= 2;
     /* Digits by hand: this runs once per encoded message. */
-    int fields[7] = {(int)y, m, d, (int)(ms / 3600000), (int)(ms / 60000 % 60),
-                     (int)(ms / 1000 % 60), (int)(ms % 1000)};
+    int fields[7] = {
+        (int)y,          m, d, (int)(ms / 3600000), (int)(ms / 60000 % 60), (int)(ms / 1000 % 60),
+        (int)(ms % 1000)};
     static const int widths[7] = {4, 2, 2, 2, 2, 2, 3};
     static const char seps[7] = {'-', '-', 'T', ':', ':', '.', 'Z'};
     char *p = buf;
@@ -477,7 +487,8 @@ static mb_status check_token(check_ctx *c, const char *field, const mb__json_str
         return refuse(c, REASON_LENGTH, "%s: empty (1 to %zu characters of [A-Za-z0-9_-])", field,
                       max);
     if (s->flags & MB__JSTR_NONTOKEN)
-        return refuse_char(c, field, s, not_token_cp, REASON_CHARSET, "character outside [A-Za-z0-9_-]:");
+        return refuse_char(c, field, s, not_token_cp, REASON_CHARSET,
+                           "character outside [A-Za-z0-9_-]:");
     if (s->bytes > max)
         return refuse(c, REASON_LENGTH, "%s: length %zu exceeds %zu bytes", field, s->bytes, max);
     return MB_OK;
@@ -576,11 +587,11 @@ static mb_status check_rule(check_ctx *c, enum rule rule, const char *field, con
 
 typedef struct doc {
     slot f[F_COUNT];
-    enum vtype top;           /* type of the top-level value */
-    size_t unknown_at;        /* offset of the first unknown key, SIZE_MAX if none */
-    mb__json_str unknown;     /* that key */
-    const char *depth_field;  /* field whose value nests too deep */
-    unsigned depth_seen;      /* the depth found there */
+    enum vtype top;          /* type of the top-level value */
+    size_t unknown_at;       /* offset of the first unknown key, SIZE_MAX if none */
+    mb__json_str unknown;    /* that key */
+    const char *depth_field; /* field whose value nests too deep */
+    unsigned depth_seen;     /* the depth found there */
     char depth_field_buf[48];
 } doc;
 
@@ -626,7 +637,8 @@ static void copy_key_name(const mb__json_str *k, char *buf, size_t cap)
         if (cp >= 0x20 && cp < 0x7F)
             buf[o++] = (char)cp;
         else
-            o += (size_t)snprintf(buf + o, cap - o, "\\u%04X", (unsigned)(cp > 0xFFFF ? 0xFFFD : cp));
+            o += (size_t)snprintf(buf + o, cap - o, "\\u%04X",
+                                  (unsigned)(cp > 0xFFFF ? 0xFFFD : cp));
     }
     if (pos < end && o + 4 <= cap) {
         memcpy(buf + o, "...", 3);
@@ -782,8 +794,8 @@ static mb_status check_doc(const mb_schema *s, doc *d, mb_schema_kind kind,
         }
         enum vtype want = spec[i].rule == R_OBJECT ? VT_OBJECT : VT_STRING;
         if (f->type != want)
-            return refuse(c, REASON_WRONG_TYPE, "%s: expected %s, got %s", name,
-                          vtype_names[want], vtype_names[f->type]);
+            return refuse(c, REASON_WRONG_TYPE, "%s: expected %s, got %s", name, vtype_names[want],
+                          vtype_names[f->type]);
         mb_status st = check_rule(c, spec[i].rule, name, &f->str);
         if (st != MB_OK)
             return st;
@@ -796,8 +808,7 @@ static mb_status validate(const mb_schema *s, mb_schema_kind kind, const char *j
 {
     if (len > s->max_bytes) {
         c->reason = REASON_TOO_BIG;
-        return mb_err_set(c->err, MB_ETOOBIG, "payload: %zu bytes exceeds %zu", len,
-                          s->max_bytes);
+        return mb_err_set(c->err, MB_ETOOBIG, "payload: %zu bytes exceeds %zu", len, s->max_bytes);
     }
     if (json == NULL && len > 0) {
         c->reason = REASON_OTHER;
@@ -823,8 +834,8 @@ static mb_status validate(const mb_schema *s, mb_schema_kind kind, const char *j
     return check_doc(s, &d, kind, detected, c);
 }
 
-static const mb_schema default_schema = {MB_SCHEMA_MAX_BYTES_DEFAULT, MB_SCHEMA_MAX_DEPTH_DEFAULT,
-                                         NULL, {NULL}, NULL};
+static const mb_schema default_schema = {
+    MB_SCHEMA_MAX_BYTES_DEFAULT, MB_SCHEMA_MAX_DEPTH_DEFAULT, NULL, {NULL}, NULL};
 
 mb_status mb_schema_validate(const mb_schema *s, mb_schema_kind kind, const char *json, size_t len,
                              mb_schema_kind *detected, mb_err *err)
@@ -852,8 +863,8 @@ mb_status mb_schema_create(const mb_schema_opts *opts, mb_schema **out, mb_err *
     size_t max_bytes = opts && opts->max_bytes ? opts->max_bytes : MB_SCHEMA_MAX_BYTES_DEFAULT;
     unsigned max_depth = opts && opts->max_depth ? opts->max_depth : MB_SCHEMA_MAX_DEPTH_DEFAULT;
     if (max_bytes > MB_SCHEMA_MAX_BYTES_LIMIT)
-        return mb_err_set(err, MB_EINVAL, "schema: max_bytes %zu exceeds the ceiling %u",
-                          max_bytes, MB_SCHEMA_MAX_BYTES_LIMIT);
+        return mb_err_set(err, MB_EINVAL, "schema: max_bytes %zu exceeds the ceiling %u", max_bytes,
+                          MB_SCHEMA_MAX_BYTES_LIMIT);
     if (max_depth > MB_SCHEMA_MAX_DEPTH_LIMIT)
         return mb_err_set(err, MB_EINVAL, "schema: max_depth %u outside 1..%u", max_depth,
                           MB_SCHEMA_MAX_DEPTH_LIMIT);
@@ -876,8 +887,7 @@ mb_status mb_schema_create(const mb_schema_opts *opts, mb_schema **out, mb_err *
         }
         if (st == MB_OK)
             st = mb_metrics_histogram(m, "mudbus_schema_validate_seconds",
-                                      "Time to validate one payload", NULL, 1e-9, &s->seconds,
-                                      err);
+                                      "Time to validate one payload", NULL, 1e-9, &s->seconds, err);
         if (st != MB_OK) {
             /* Take back what was registered, so that the call can be retried. */
             mb__metrics_forget(m, s->validations);

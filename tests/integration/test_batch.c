@@ -26,32 +26,9 @@
 #include "mudbus/batch.h"
 #include "mudbus/client.h"
 #include "natsrv.h"
+#include "testutil.h"
 
 /* ---- helpers ---- */
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000u, .tv_nsec = (long)(ms % 1000u) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static bool wait_count(_Atomic int *v, int n, unsigned ms)
-{
-    uint64_t end = now_ms() + ms;
-    while (atomic_load(v) < n) {
-        if (now_ms() > end)
-            return atomic_load(v) >= n;
-        sleep_ms(2);
-    }
-    return true;
-}
 
 /* An event message whose event_data carries the adding thread and a
  * sequence number; the message_id is unique per (thread, sequence). */

@@ -26,33 +26,9 @@
 
 #include "mudbus/client.h"
 #include "natsrv.h"
+#include "testutil.h"
 
 /* ---- helpers ---- */
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000u, .tv_nsec = (long)(ms % 1000u) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* Poll `cond(arg)` every 5 ms for up to `ms`. */
-static bool wait_for(bool (*cond)(void *), void *arg, unsigned ms)
-{
-    uint64_t end = now_ms() + ms;
-    while (!cond(arg)) {
-        if (now_ms() > end)
-            return cond(arg);
-        sleep_ms(5);
-    }
-    return true;
-}
 
 #define MAXREC 4096
 typedef struct rec {
@@ -214,23 +190,6 @@ static mb_status pub_event(const char *subject, int n, mb_publish_disposition *d
     char buf[256];
     event_json(buf, sizeof buf, n);
     return mb_client_publish(F.c, subject, buf, strlen(buf), NULL, d, err);
-}
-
-typedef struct count_at_least {
-    _Atomic int *v;
-    int n;
-} count_at_least;
-
-static bool cond_count(void *arg)
-{
-    count_at_least *c = arg;
-    return atomic_load(c->v) >= c->n;
-}
-
-static bool wait_count(_Atomic int *v, int n, unsigned ms)
-{
-    count_at_least c = {v, n};
-    return wait_for(cond_count, &c, ms);
 }
 
 static bool cond_ev(void *arg)

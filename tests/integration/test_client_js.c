@@ -28,34 +28,11 @@
 
 #include "mudbus/client.h"
 #include "natsrv.h"
+#include "testutil.h"
 
 #define STREAM "MUDBUS_CRITICAL"
 
 /* ---- helpers ---- */
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000u, .tv_nsec = (long)(ms % 1000u) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static bool wait_for(bool (*cond)(void *), void *arg, unsigned ms)
-{
-    uint64_t end = now_ms() + ms;
-    while (!cond(arg)) {
-        if (now_ms() > end)
-            return cond(arg);
-        sleep_ms(5);
-    }
-    return true;
-}
 
 static void log_line(void *ctx, const char *line)
 {
@@ -230,23 +207,6 @@ static size_t dlq_depth(void)
     mb_dlq_stats s;
     mb_dlq_stats_get(F.dlq, &s);
     return (size_t)s.depth;
-}
-
-typedef struct count_at_least {
-    _Atomic int *v;
-    int n;
-} count_at_least;
-
-static bool cond_count_ge(void *arg)
-{
-    count_at_least *c = arg;
-    return atomic_load(c->v) >= c->n;
-}
-
-static bool wait_count(_Atomic int *v, int n, unsigned ms)
-{
-    count_at_least c = {v, n};
-    return wait_for(cond_count_ge, &c, ms);
 }
 
 typedef struct stat_want {

@@ -25,21 +25,9 @@
 
 #include "mudbus/client.h"
 #include "natsrv.h"
+#include "testutil.h"
 
 /* ---- helpers ---- */
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000u, .tv_nsec = (long)(ms % 1000u) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 static void log_line(void *ctx, const char *line)
 {
@@ -150,17 +138,6 @@ static mb_handled rec_handler(void *ctx, const mb_msg *m)
     return MB_HANDLED_OK;
 }
 
-static bool wait_count(_Atomic int *v, int n, unsigned ms)
-{
-    uint64_t end = now_ms() + ms;
-    while (atomic_load(v) < n) {
-        if (now_ms() > end)
-            return atomic_load(v) >= n;
-        sleep_ms(5);
-    }
-    return true;
-}
-
 /* Subscribe, publish one typed chat message and see it delivered. */
 static void roundtrip(const char *content)
 {
@@ -168,8 +145,8 @@ static void roundtrip(const char *content)
     memset(&r, 0, sizeof r);
     mb_sub_id id = 0;
     mb_err err = {0};
-    assert_int_equal(
-        mb_client_subscribe(F.c, "chat.say.room.*", NULL, rec_handler, &r, &id, &err), MB_OK);
+    assert_int_equal(mb_client_subscribe(F.c, "chat.say.room.*", NULL, rec_handler, &r, &id, &err),
+                     MB_OK);
     assert_int_equal(mb_client_flush(F.c, 2000, NULL), MB_OK);
     mb_chat_msg m = {.sender_id = "p1",
                      .sender_name = "Armitage",

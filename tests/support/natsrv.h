@@ -25,9 +25,9 @@ typedef struct natsrv_opts {
     bool tls_verify_clients; /* with tls: require a client certificate */
     const char *user;        /* with password: require user/password auth */
     const char *password;
-    const char *token;       /* require this token */
-    const char *extra_conf;  /* appended verbatim to the generated config file */
-    int max_payload;         /* bytes; 0: the server's default */
+    const char *token;      /* require this token */
+    const char *extra_conf; /* appended verbatim to the generated config file */
+    int max_payload;        /* bytes; 0: the server's default */
 } natsrv_opts;
 
 /* Start a server (opts may be NULL: plain, no JetStream) and wait until it
