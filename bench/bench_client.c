@@ -32,7 +32,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <nats/nats.h>
@@ -79,36 +78,6 @@ static void die(const char *what, const char *why)
     exit(1);
 }
 
-/* CPU seconds used so far by the server process (utime + stime). */
-static double server_cpu_s(const natsrv *s)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", natsrv_pid(s));
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    /* Fields after the command name (which is in parentheses): state is
-     * field 3, utime field 14, stime field 15. */
-    const char *p = strrchr(buf, ')');
-    if (!p)
-        return 0;
-    unsigned long ut = 0, st = 0;
-    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return 0;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static double self_cpu_s(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-}
-
 typedef enum phase { PH_RAW, PH_TYPED, PH_BYTES, PH_COUNT } phase;
 static const char *const phase_name[PH_COUNT] = {"raw_nats", "mudbus_typed", "mudbus_bytes"};
 
@@ -134,7 +103,7 @@ static sample run_phase(ctx *x, phase ph, long n)
     mb_err err = {0};
     mb_publish_disposition d = MB_PUB_SENT;
     char subj[MB_SUBJECT_MAX + 1];
-    double s0 = server_cpu_s(x->srv), c0 = self_cpu_s();
+    double s0 = bu_proc_cpu_s(natsrv_pid(x->srv)), c0 = bu_self_cpu_s();
     uint64_t t0 = bu_now_ns();
     switch (ph) {
     case PH_RAW:
@@ -173,8 +142,8 @@ static sample run_phase(ctx *x, phase ph, long n)
     uint64_t t1 = bu_now_ns();
     double wall = (double)(t1 - t0) / 1e9;
     sample r = {.rate = (double)n / wall,
-                .server_cpu = (server_cpu_s(x->srv) - s0) / wall,
-                .client_cpu = (self_cpu_s() - c0) / wall};
+                .server_cpu = (bu_proc_cpu_s(natsrv_pid(x->srv)) - s0) / wall,
+                .client_cpu = (bu_self_cpu_s() - c0) / wall};
     return r;
 }
 

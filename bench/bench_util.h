@@ -19,6 +19,11 @@ double bu_median(double *v, size_t n);
 int bu_quick(void);
 /* MB_BENCH_RUNS, or `dflt` (quick mode: 3). At least 1. */
 int bu_runs(int dflt);
+/* CPU seconds (user + system) used so far by process `pid` (from
+ * /proc/PID/stat), or 0 when it cannot be read. */
+double bu_proc_cpu_s(int pid);
+/* CPU seconds used so far by this process, all threads. */
+double bu_self_cpu_s(void);
 /* Keep the compiler from discarding a computed value. */
 void bu_sink(uint64_t v);
 
