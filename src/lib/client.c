@@ -58,6 +58,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "alloc.h"
 #include "client_int.h"
 
 /* ---- statuses ---- */
@@ -223,7 +224,7 @@ static mb_status copy_strings(mb_client *c, mb_err *err)
     for (size_t i = 0; i < nf; i++)
         if (*fields[i])
             total += strlen(*fields[i]) + 1;
-    c->strs = malloc(total ? total : 1);
+    c->strs = mb__malloc(total ? total : 1);
     if (!c->strs)
         return mb_err_set(err, MB_ENOMEM, "out of memory");
     char *p = c->strs;
@@ -334,7 +335,7 @@ mb_status mb_client_create(const mb_client_opts *opts, mb_client **out, mb_err *
     mb_status st = check_opts(opts, err);
     if (st != MB_OK)
         return st;
-    mb_client *c = calloc(1, sizeof *c);
+    mb_client *c = mb__calloc(1, sizeof *c);
     if (!c)
         return mb_err_set(err, MB_ENOMEM, "out of memory");
     c->o = *opts;
@@ -355,6 +356,13 @@ mb_status mb_client_create(const mb_client_opts *opts, mb_client **out, mb_err *
         pthread_rwlock_init(&c->conns[i].lock, NULL);
     }
     mb_rng_seed(&c->rng, mb_clock_wall_ns(NULL) ^ (uint64_t)(uintptr_t)c);
+    /* The event ring first: from the moment the connstate listener is added,
+     * every transition (the fail path's "closed" one included) pushes to it. */
+    c->ring = mb__calloc(MB__EV_RING_MAX, sizeof *c->ring);
+    if (!c->ring) {
+        st = mb_err_set(err, MB_ENOMEM, "out of memory");
+        goto fail;
+    }
     if ((st = copy_strings(c, err)) != MB_OK)
         goto fail;
 
@@ -427,11 +435,6 @@ mb_status mb_client_create(const mb_client_opts *opts, mb_client **out, mb_err *
     to.labels = ql;
     if ((st = mb_timerq_create(&to, &c->internal_q, err)) != MB_OK)
         goto fail;
-    c->ring = calloc(MB__EV_RING_MAX, sizeof *c->ring);
-    if (!c->ring) {
-        st = mb_err_set(err, MB_ENOMEM, "out of memory");
-        goto fail;
-    }
     if (opts->poll_mode) {
         c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (c->efd < 0) {
@@ -445,7 +448,8 @@ mb_status mb_client_create(const mb_client_opts *opts, mb_client **out, mb_err *
     if ((st = mb__js_start(c, err)) != MB_OK)
         goto fail;
     mb__health_update_state(c, MB_ENOCONN, "pool started");
-    mb__health_start(c);
+    if ((st = mb__health_start(c, err)) != MB_OK)
+        goto fail;
     if ((st = mb__thread_start(c, err)) != MB_OK)
         goto fail;
     *out = c;
@@ -482,9 +486,9 @@ void mb__client_sub_unref(mb__sub *s)
     if (atomic_fetch_sub(&s->refs, 1) != 1)
         return;
     mb__js_sub_free(s->js);
-    free(s->pattern);
-    free(s->queue);
-    free(s);
+    mb__free(s->pattern);
+    mb__free(s->queue);
+    mb__free(s);
 }
 
 static void client_free(mb_client *c)
@@ -534,14 +538,14 @@ static void client_free(mb_client *c)
     if (c->efd >= 0)
         close(c->efd);
     mb__js_free(c);
-    free(c->ring);
-    free(c->strs);
+    mb__free(c->ring);
+    mb__free(c->strs);
     pthread_mutex_destroy(&c->lock);
     pthread_cond_destroy(&c->cond);
     pthread_mutex_destroy(&c->dq_lock);
     pthread_mutex_destroy(&c->subs_lock);
     pthread_mutex_destroy(&c->rng_lock);
-    free(c);
+    mb__free(c);
 }
 
 void mb_client_destroy(mb_client *c)
@@ -671,7 +675,7 @@ static mb_publish_disposition after_failure(mb_client *c, mb__retry *r)
     mb_publish_disposition d =
         mb__client_dead_letter(c, r->subject, r->data, r->len, r->last_status, msg, r->attempts,
                                r->first_failure_ms, "publish");
-    free(r);
+    mb__free(r);
     return d;
 }
 
@@ -685,14 +689,14 @@ static void retry_fire(void *arg, mb_timer_event ev)
                  r->attempts + 1);
         mb__client_dead_letter(c, r->subject, r->data, r->len, r->last_status, msg, r->attempts,
                                r->first_failure_ms, "publish");
-        free(r);
+        mb__free(r);
         return;
     }
     mb_err e = {0};
     mb_status st = attempt(c, r->subject, r->data, r->len, r->hash, r->attempts + 1, &e);
     if (st == MB_OK) {
         mb_counter_add(c->m_retried_ok, 1);
-        free(r);
+        mb__free(r);
         return;
     }
     r->attempts++;
@@ -707,7 +711,7 @@ static mb_publish_disposition failed(mb_client *c, const char *subject, size_t s
                                      const void *data, size_t len, uint32_t hash, mb_status st,
                                      const char *emsg, unsigned attempts)
 {
-    mb__retry *r = malloc(sizeof *r + len + slen + 1);
+    mb__retry *r = mb__malloc(sizeof *r + len + slen + 1);
     if (!r)
         return mb__client_dead_letter(c, subject, data, len, st, emsg, attempts, 0, "publish");
     memset(r, 0, sizeof *r);
@@ -822,7 +826,7 @@ static mb_status publish_typed(mb_client *c, const char *subject, const void *ms
         mb_counter_add(c->m_refused, 1);
         return mb_err_set(err, st, "%s", e.msg);
     }
-    char *heap = malloc(n + 1);
+    char *heap = mb__malloc(n + 1);
     if (!heap)
         return mb_err_set(err, MB_ENOMEM, "out of memory");
     mb_err_clear(&e);
@@ -831,7 +835,7 @@ static mb_status publish_typed(mb_client *c, const char *subject, const void *ms
         st = publish_impl(c, subject, heap, n, kind, popts, disp, err);
     else
         mb_err_set(err, st, "%s", e.msg);
-    free(heap);
+    mb__free(heap);
     return st;
 }
 
@@ -918,14 +922,14 @@ mb_status mb_client_subscribe(mb_client *c, const char *pattern, const char *que
         return st;
     if (queue_group && (!*queue_group || strpbrk(queue_group, " \t\r\n")))
         return mb_err_set(err, MB_EINVAL, "queue group must be non-empty, without whitespace");
-    mb__sub *s = calloc(1, sizeof *s);
+    mb__sub *s = mb__calloc(1, sizeof *s);
     if (!s)
         return mb_err_set(err, MB_ENOMEM, "out of memory");
     s->c = c;
     s->fn = fn;
     s->ctx = ctx;
-    s->pattern = strdup(pattern);
-    s->queue = queue_group ? strdup(queue_group) : NULL;
+    s->pattern = mb__strdup(pattern);
+    s->queue = queue_group ? mb__strdup(queue_group) : NULL;
     atomic_store(&s->refs, 1);
     atomic_store(&s->active, true);
     if (!s->pattern || (queue_group && !s->queue)) {
@@ -1044,7 +1048,7 @@ mb_status mb_client_request(mb_client *c, const char *subject, const void *data,
     if (ns != NATS_OK)
         return mb__client_nats_err(ns, err, "request");
     size_t n = (size_t)natsMsg_GetDataLength(rep);
-    mb_reply *r = malloc(sizeof *r + n + 1);
+    mb_reply *r = mb__malloc(sizeof *r + n + 1);
     if (!r) {
         natsMsg_Destroy(rep);
         return mb_err_set(err, MB_ENOMEM, "out of memory");
@@ -1061,7 +1065,7 @@ mb_status mb_client_request(mb_client *c, const char *subject, const void *data,
 
 void mb_client_reply_free(mb_reply *r)
 {
-    free(r);
+    mb__free(r);
 }
 
 mb_status mb_client_respond(mb_client *c, const mb_msg *msg, const void *data, size_t len,

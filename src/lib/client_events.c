@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "alloc.h"
 #include "client_int.h"
 
 /* ---- the ring ---- */
@@ -31,9 +32,10 @@
 static void ring_push(mb_client *c, const mb__event *ev)
 {
     pthread_mutex_lock(&c->lock);
-    if (c->ring_len == MB__EV_RING_MAX) {
+    if (!c->ring || c->ring_len == MB__EV_RING_MAX) { /* no ring: a failed create */
         pthread_mutex_unlock(&c->lock);
-        mb_counter_add(c->m_events_lost, 1);
+        if (c->m_events_lost)
+            mb_counter_add(c->m_events_lost, 1);
         return;
     }
     c->ring[(c->ring_head + c->ring_len) % MB__EV_RING_MAX] = *ev;
@@ -211,9 +213,12 @@ void mb__msg_cb(natsConnection *nc, natsSubscription *nsub, natsMsg *msg, void *
         return;
     }
     mb__item *it = NULL;
+    bool full = true;
     pthread_mutex_lock(&c->dq_lock);
-    if (c->dq_deliveries < c->o.dispatch_queue_max)
-        it = calloc(1, sizeof *it);
+    if (c->dq_deliveries < c->o.dispatch_queue_max) {
+        full = false;
+        it = mb__calloc(1, sizeof *it);
+    }
     if (it) {
         it->msg = msg;
         it->sub = s;
@@ -232,8 +237,10 @@ void mb__msg_cb(natsConnection *nc, natsSubscription *nsub, natsMsg *msg, void *
         return;
     }
     mb_counter_add(c->m_dq_full, 1);
-    mb__client_dead_letter(c, subj, data, len, MB_ELIMIT, "poll-mode dispatch queue full", 1, 0,
-                           "consume");
+    mb__client_dead_letter(c, subj, data, len, full ? MB_ELIMIT : MB_ENOMEM,
+                           full ? "poll-mode dispatch queue full"
+                                : "poll-mode dispatch queue: out of memory",
+                           1, 0, "consume");
     natsMsg_Destroy(msg);
 }
 
@@ -265,7 +272,7 @@ static void queue_event(mb_client *c, const mb__event *ev)
     mb__item *it = NULL;
     pthread_mutex_lock(&c->dq_lock);
     if (c->dq_events < MB__EV_DISPATCH_MAX)
-        it = calloc(1, sizeof *it);
+        it = mb__calloc(1, sizeof *it);
     if (it) {
         it->ev = *ev;
         if (c->dq_tail)
@@ -405,7 +412,7 @@ void mb__dq_free_all(mb_client *c)
             natsMsg_Destroy(it->msg);
             mb__client_sub_unref(it->sub);
         }
-        free(it);
+        mb__free(it);
         it = next;
     }
 }
@@ -466,7 +473,7 @@ mb_status mb_client_dispatch(mb_client *c, size_t max, size_t *ran)
             deliver_to_listeners(c, &it->ev);
             n++;
         }
-        free(it);
+        mb__free(it);
     }
     if (max == 0 || n < max) {
         size_t r = mb_timerq_run(c->retry_q, max ? max - n : 0);

@@ -91,9 +91,9 @@ void mb__health_update_state(mb_client *c, mb_status cause, const char *reason)
 
 static void health_timer(void *arg, mb_timer_event ev);
 
-static void schedule(mb_client *c)
+static mb_status schedule(mb_client *c)
 {
-    mb_timerq_add(c->internal_q, c->o.health_interval_ms * 1000000u, health_timer, c, NULL);
+    return mb_timerq_add(c->internal_q, c->o.health_interval_ms * 1000000u, health_timer, c, NULL);
 }
 
 static void health_timer(void *arg, mb_timer_event ev)
@@ -141,10 +141,24 @@ static void health_timer(void *arg, mb_timer_event ev)
         pthread_mutex_unlock(&c->lock);
     }
     mb__health_update_state(c, cause, reason[0] ? reason : "health check passed");
-    schedule(c);
+    mb_status st = schedule(c);
+    if (st != MB_OK) {
+        /* Out of memory (the internal queue grows on demand): health checks
+         * stop rather than fail silently; say so where an operator looks. */
+        pthread_mutex_lock(&c->lock);
+        c->last_error = st;
+        snprintf(c->last_error_msg, sizeof c->last_error_msg,
+                 "health checks stopped: cannot schedule the next one (%s)", mb_status_name(st));
+        pthread_mutex_unlock(&c->lock);
+        mb__client_log(c, "health checks stopped: cannot schedule the next one (%s)",
+                       mb_status_name(st));
+    }
 }
 
-void mb__health_start(mb_client *c)
+mb_status mb__health_start(mb_client *c, mb_err *err)
 {
-    schedule(c);
+    mb_status st = schedule(c);
+    if (st != MB_OK)
+        return mb_err_set(err, st, "cannot schedule the health checks: %s", mb_status_name(st));
+    return MB_OK;
 }

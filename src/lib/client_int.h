@@ -198,7 +198,8 @@ void mb__pool_repair(mb_client *c); /* client thread */
 void mb__pool_schedule_repair(mb_client *c);
 
 /* client_health.c */
-void mb__health_start(mb_client *c);
+/* Schedule the first health check: MB_ENOMEM (err set) if it cannot be queued. */
+mb_status mb__health_start(mb_client *c, mb_err *err);
 void mb__health_update_state(mb_client *c, mb_status cause, const char *reason);
 
 /* client_events.c */

@@ -631,7 +631,7 @@ static bool enqueue(mb_client *c, mb__sub *s, natsMsg *msg, const mb_subject_inf
     mb__item *it = NULL;
     pthread_mutex_lock(&c->dq_lock);
     if (c->dq_deliveries < c->o.dispatch_queue_max)
-        it = calloc(1, sizeof *it) /* freed by client_events.c, as mb__msg_cb's */;
+        it = mb__calloc(1, sizeof *it) /* freed by client_events.c, as mb__msg_cb's */;
     if (it) {
         it->msg = msg;
         it->sub = s;

@@ -8,6 +8,7 @@
  * deadline; no sleep decides an outcome.
  */
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -24,6 +25,7 @@
 #include <cmocka.h>
 #include <nats/nats.h>
 
+#include "alloc.h"
 #include "mudbus/client.h"
 #include "natsrv.h"
 #include "testutil.h"
@@ -912,6 +914,240 @@ static void test_auth_failure(void **state)
     assert_int_equal(pub_event("events.game_tick", 1, NULL, NULL), MB_OK);
 }
 
+/* ---- allocation-failure torture ---- */
+
+/*
+ * The client's whole life under the allocator hook of src/lib/alloc.h (the
+ * driver of tests/unit/test_alloc.c): for fail_after = 0, 1, 2, ... the n-th
+ * allocation of the library and every later one fail while one scenario runs
+ * against one nats-server: create (pool of 2), subscribe, publish one valid
+ * message, wait (bounded) for its delivery, unsubscribe, destroy. Every step
+ * returns MB_OK or MB_ENOMEM, never crashes; a step that fails leaves nothing
+ * behind (the out argument stays NULL, LeakSanitizer finds no leak in the
+ * sanitizer build) and the very same step succeeds when retried with the hook
+ * disarmed. A received message whose validation runs out of memory must not
+ * vanish silently: it is dropped with an MB_CLIENT_EV_DROPPED event (the
+ * scenario has no DLQ). The loop ends when a run makes no more than n
+ * allocations, i.e. completes without meeting the failure.
+ *
+ * Only the library's own allocations are hooked: nats.c (connections,
+ * subscriptions, messages, options) uses its own allocator and never fails
+ * here. Allocations after create are made by several threads (the client
+ * thread's health timer, nats.c's delivery thread validating the message), so
+ * their numbering could vary from run to run; create's is deterministic.
+ * Every point is tested, with no stride: there are about 380 of them, nearly
+ * all in create (metrics registration, subject registry, schema, breaker,
+ * connstate, timer queues), and a create that fails there has not connected
+ * yet, so the whole loop takes well under a second (a stride would be needed
+ * only if the count grew into the thousands; the test prints it). Publish
+ * and delivery of a valid message allocate nothing of the library's, so the
+ * publish-retry record (allocated only when an attempt fails) is not reached
+ * by this scenario.
+ */
+
+typedef struct torture_stats {
+    long create_points; /* allocations of a successful create */
+    long points;        /* allocations of a whole successful run */
+    long runs;          /* scenarios run under the hook */
+    long enomem[4];     /* create, subscribe, publish, delivery dropped */
+} torture_stats;
+
+static void torture_opts(mb_client_opts *o, const char *url)
+{
+    base_opts(o, url);
+    o->pool_size = 2;
+    o->dlq = NULL;
+    o->name = "torture";
+}
+
+/* One scenario with the hook armed at n (n < 0: disarmed, counting with
+ * LONG_MAX). Returns the number of allocations it made. */
+static long torture_run(long n, torture_stats *ts, long *create_allocs)
+{
+    mb_client_opts o;
+    torture_opts(&o, natsrv_url(F.srv));
+    pthread_mutex_lock(&EV.lock);
+    memset(EV.by_type, 0, sizeof EV.by_type);
+    pthread_mutex_unlock(&EV.lock);
+    rec r;
+    rec_init(&r);
+    mb__alloc_fail_after(n >= 0 ? n : LONG_MAX);
+
+    mb_client *c = NULL;
+    mb_err err = {0};
+    mb_status st = mb_client_create(&o, &c, &err);
+    if (create_allocs)
+        *create_allocs = mb__alloc_count();
+    if (st != MB_OK) {
+        long used = mb__alloc_count();
+        mb__alloc_fail_after(-1);
+        if (st != MB_ENOMEM)
+            fail_msg("fail_after %ld: create: %s: %s", n, mb_status_name(st), err.msg);
+        assert_null(c);
+        ts->enomem[0]++;
+        /* Nothing half-built: the same create succeeds now. */
+        assert_int_equal(mb_client_create(&o, &c, NULL), MB_OK);
+        mb_client_destroy(c);
+        return used;
+    }
+    assert_non_null(c);
+    assert_int_equal(mb_client_listen(c, ev_listener, &EV, NULL), MB_OK);
+
+    mb_sub_id id = 0;
+    mb_err_clear(&err);
+    st = mb_client_subscribe(c, "events.game_tick", NULL, rec_handler, &r, &id, &err);
+    if (st != MB_OK) {
+        long used = mb__alloc_count();
+        mb__alloc_fail_after(-1);
+        if (st != MB_ENOMEM)
+            fail_msg("fail_after %ld: subscribe: %s: %s", n, mb_status_name(st), err.msg);
+        assert_int_equal(id, 0);
+        ts->enomem[1]++;
+        assert_int_equal(
+            mb_client_subscribe(c, "events.game_tick", NULL, rec_handler, &r, &id, NULL), MB_OK);
+        assert_int_equal(mb_client_unsubscribe(c, id, NULL), MB_OK);
+        mb_client_destroy(c);
+        return used;
+    }
+    /* The subscription reaches the server before the publish (both pool
+     * connections are flushed, whichever each one went through). */
+    assert_int_equal(mb_client_flush(c, 2000, NULL), MB_OK);
+
+    char buf[256];
+    event_json(buf, sizeof buf, 1);
+    mb_publish_disposition d = MB_PUB_DROPPED;
+    long before = 0; /* allocations counted before a re-arm */
+    mb_err_clear(&err);
+    st = mb_client_publish(c, "events.game_tick", buf, strlen(buf), NULL, &d, &err);
+    if (st == MB_ENOMEM) { /* validation ran out of memory: refused, nothing sent */
+        assert_int_equal(d, MB_PUB_REFUSED);
+        ts->enomem[2]++;
+        before += mb__alloc_count();
+        mb__alloc_fail_after(-1);
+        assert_int_equal(mb_client_publish(c, "events.game_tick", buf, strlen(buf), NULL, &d, NULL),
+                         MB_OK);
+        mb__alloc_fail_after(0); /* past the failure point: every allocation fails again */
+    } else if (st != MB_OK) {
+        fail_msg("fail_after %ld: publish: %s: %s", n, mb_status_name(st), err.msg);
+    } else {
+        assert_int_equal(d, MB_PUB_SENT);
+    }
+    /* Delivered, or (its validation out of memory) dropped with an event. */
+    uint64_t end = now_ms() + 5000;
+    while (atomic_load(&r.count) < 1 && ev_count(MB_CLIENT_EV_DROPPED) < 1 && now_ms() < end)
+        sleep_ms(2);
+    if (atomic_load(&r.count) < 1) {
+        if (ev_count(MB_CLIENT_EV_DROPPED) < 1)
+            fail_msg("fail_after %ld: the message was neither delivered nor dropped", n);
+        ts->enomem[3]++;
+    }
+    mb_err_clear(&err);
+    st = mb_client_unsubscribe(c, id, &err);
+    if (st != MB_OK)
+        fail_msg("fail_after %ld: unsubscribe: %s: %s", n, mb_status_name(st), err.msg);
+    mb_client_destroy(c);
+    long used = before + mb__alloc_count();
+    mb__alloc_fail_after(-1);
+    return used;
+}
+
+static int torture_teardown(void **state)
+{
+    mb__alloc_fail_after(-1);
+    return teardown(state);
+}
+
+static void test_alloc_torture(void **state)
+{
+    (void)state;
+    start_server(NULL);
+    torture_stats ts = {0};
+    /* A clean run first: how many allocations create and the whole run make. */
+    long create_allocs = 0;
+    long total = torture_run(-1, &ts, &create_allocs);
+    ts.create_points = create_allocs;
+    assert_true(create_allocs > 0);
+    assert_int_equal(ts.enomem[0] + ts.enomem[1] + ts.enomem[2] + ts.enomem[3], 0);
+    uint64_t t0 = now_ms();
+    long n = 0;
+    for (;;) {
+        long used = torture_run(n, &ts, NULL);
+        ts.runs++;
+        if (used <= n)
+            break; /* completed without meeting the failure */
+        assert_true(n < 100000);
+        n++;
+    }
+    ts.points = n;
+    fprintf(stderr,
+            "  alloc torture: %ld failure points (%ld in create, clean run %ld), %ld runs "
+            "in %llu ms; MB_ENOMEM from create %ld, subscribe %ld, publish %ld; "
+            "deliveries dropped %ld\n",
+            ts.points, ts.create_points, total, ts.runs, (unsigned long long)(now_ms() - t0),
+            ts.enomem[0], ts.enomem[1], ts.enomem[2], ts.enomem[3]);
+    assert_true(ts.enomem[0] >= 1);
+}
+
+/* The publish-retry path under the hook: a client with no server
+ * (start_disconnected) is created with the hook disarmed, then, with the n-th
+ * allocation failing, one publish fails its first attempt (MB_ENOCONN) and is
+ * copied into a retry record (MB_PUB_RETRYING) or, when that copy cannot be
+ * made, dropped at once (MB_PUB_DROPPED: no DLQ here); either way exactly
+ * that message ends up reported by one MB_CLIENT_EV_DROPPED event (its
+ * retries run out quickly), and destroy frees everything. */
+static void test_alloc_torture_retry(void **state)
+{
+    (void)state;
+    start_server(NULL);
+    char url[64];
+    snprintf(url, sizeof url, "%s", natsrv_url(F.srv));
+    assert_int_equal(natsrv_stop(F.srv), 0);
+    mb_client_opts o;
+    torture_opts(&o, url);
+    o.connect_timeout_ms = 300;
+    o.start_disconnected = true;
+    o.retry.max_attempts = 3;
+    o.retry.base_delay_ms = 5;
+    o.retry.max_delay_ms = 20;
+    char buf[256];
+    event_json(buf, sizeof buf, 1);
+    long n = 0, retrying = 0, dropped_at_once = 0;
+    for (;; n++) {
+        assert_true(n < 1000);
+        pthread_mutex_lock(&EV.lock);
+        memset(EV.by_type, 0, sizeof EV.by_type);
+        pthread_mutex_unlock(&EV.lock);
+        mb_client *c = NULL;
+        assert_int_equal(mb_client_create(&o, &c, NULL), MB_OK);
+        assert_int_equal(mb_client_listen(c, ev_listener, &EV, NULL), MB_OK);
+        mb__alloc_fail_after(n);
+        mb_publish_disposition d = MB_PUB_SENT;
+        mb_err err = {0};
+        mb_status st = mb_client_publish(c, "events.game_tick", buf, strlen(buf), NULL, &d, &err);
+        if (st != MB_ENOCONN)
+            fail_msg("fail_after %ld: publish: %s: %s", n, mb_status_name(st), err.msg);
+        if (d == MB_PUB_RETRYING)
+            retrying++;
+        else if (d == MB_PUB_DROPPED)
+            dropped_at_once++;
+        else
+            fail_msg("fail_after %ld: publish disposition %d", n, (int)d);
+        assert_true(wait_event(MB_CLIENT_EV_DROPPED, 1, 5000));
+        mb_client_destroy(c);
+        long used = mb__alloc_count();
+        mb__alloc_fail_after(-1);
+        assert_int_equal(ev_count(MB_CLIENT_EV_DROPPED), 1);
+        if (used <= n)
+            break;
+    }
+    fprintf(stderr,
+            "  alloc torture (publish retry): %ld failure points; dropped at once %ld, "
+            "retried %ld\n",
+            n, dropped_at_once, retrying);
+    assert_true(dropped_at_once >= 1);
+    assert_true(retrying >= 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -932,6 +1168,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_event_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_server, setup, teardown),
         cmocka_unit_test_setup_teardown(test_auth_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_alloc_torture, setup, torture_teardown),
+        cmocka_unit_test_setup_teardown(test_alloc_torture_retry, setup, torture_teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     nats_Close();
