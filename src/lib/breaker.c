@@ -132,20 +132,6 @@ static inline void count(mb_counter *c, uint64_t n)
         mb_counter_add(c, n);
 }
 
-static bool valid_name(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > MB_BREAKER_NAME_MAX)
-        return false;
-    for (const char *p = s; *p != '\0'; p++) {
-        char c = *p;
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '.' || c == ':' || c == '-'))
-            return false;
-    }
-    return true;
-}
-
 /* Whether `bad` out of `total` reaches `pct` percent; pct 0 is off. */
 static inline bool reaches(uint32_t pct, uint64_t bad, uint64_t total)
 {
@@ -308,7 +294,7 @@ static mb_status register_metrics(mb_breaker *b, mb_metrics *m, mb_err *err)
 static mb_status resolve_opts(mb_breaker *b, const mb_breaker_opts *o, mb_err *err)
 {
     const char *name = o->name != NULL ? o->name : "default";
-    if (!valid_name(name))
+    if (!mb__metrics_label_value_ok(name, MB_BREAKER_NAME_MAX))
         return mb_err_set(err, MB_EINVAL,
                           "breaker: name must be 1..%d characters of [A-Za-z0-9_.:-]",
                           MB_BREAKER_NAME_MAX);

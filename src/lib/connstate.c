@@ -126,20 +126,6 @@ bool mb_connstate_allowed(mb_conn_state from, mb_conn_state to)
 
 /* ---- create / destroy ---- */
 
-static bool valid_name(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > MB_CONNSTATE_NAME_MAX)
-        return false;
-    for (const char *p = s; *p != '\0'; p++) {
-        char c = *p;
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '.' || c == ':' || c == '-'))
-            return false;
-    }
-    return true;
-}
-
 static mb_status register_metrics(mb_connstate *cs, mb_metrics *m, mb_err *err)
 {
     char labels[MB_CONNSTATE_NAME_MAX + 40];
@@ -165,7 +151,7 @@ mb_status mb_connstate_create(const mb_connstate_opts *opts, mb_connstate **out,
     if (opts == NULL)
         opts = &defaults;
     const char *name = opts->name != NULL ? opts->name : "default";
-    if (!valid_name(name))
+    if (!mb__metrics_label_value_ok(name, MB_CONNSTATE_NAME_MAX))
         return mb_err_set(err, MB_EINVAL,
                           "connstate: name must be 1..%d characters of [A-Za-z0-9_.:-]",
                           MB_CONNSTATE_NAME_MAX);

@@ -316,6 +316,20 @@ mb_status mb_metrics_set_timing_sample(mb_metrics *m, uint32_t every_n, mb_err *
     return MB_OK;
 }
 
+bool mb__metrics_label_value_ok(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > max)
+        return false;
+    for (const char *p = s; *p != '\0'; p++) {
+        char c = *p;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == ':' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
 static const char *kind_name(metric_kind k)
 {
     switch (k) {

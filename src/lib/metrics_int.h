@@ -6,7 +6,14 @@
 #ifndef MUDBUS_METRICS_INT_H
 #define MUDBUS_METRICS_INT_H
 
+#include <stdbool.h>
+#include <stddef.h>
+
 #include "mudbus/metrics.h"
+
+/* Whether `s` is 1..max bytes of [A-Za-z0-9_.:-]: a name that modules put
+ * unescaped into a label value (name="..."). */
+bool mb__metrics_label_value_ok(const char *s, size_t max);
 
 /* Take back one metric that this caller registered (a counter, gauge or
  * histogram pointer from mb_metrics_*), so that a constructor that fails part
