@@ -2,90 +2,88 @@
 # SPDX-License-Identifier: MIT
 #
 # demo.sh: the first command of the README. Installs the Debian packages
-# (scripts/deps.sh), configures and builds mudbus in Release mode in `build/`,
-# then shows the `mudbus` operator tool at work on the sample messages in
-# samples/: the subject registry, building and checking subjects (and an
-# injection attempt refused), validating a chat and an event message, and a
-# bad message refused with the field and rule named.
+# that are missing, builds mudbus, then runs the demo: a local nats-server
+# with JetStream (data in .demo/ of the checkout), mudbus-gateway with the
+# development login enabled, and prints the URL of the browser client.
+# Ctrl-C stops both cleanly.
 #
 # Usage: scripts/demo.sh   (from any directory; run as root on Debian 12)
-# Environment: MB_DEMO_BUILD_DIR overrides the build directory (default build).
-#
-# A later issue turns this into the gateway demo (nats-server, mudbus-gateway
-# and browsers chatting); the command stays the same.
+# Environment: MB_DEMO_PORT (default 8080), MB_DEMO_NATS_PORT (default 4222),
+#              MB_DEMO_SECONDS (stop by itself after that many seconds; for CI)
 
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-BUILD=${MB_DEMO_BUILD_DIR:-build}
-JOBS=$(nproc 2>/dev/null || echo 2)
+PORT=${MB_DEMO_PORT:-8080}
+NATS_PORT=${MB_DEMO_NATS_PORT:-4222}
+DATA=$ROOT/.demo
 
-section() {
-    printf '\n==== %s ====\n' "$*"
-}
+scripts/deps.sh demo
+cmake -S . -B build >/dev/null
+cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target mudbus_gateway mudbus_cli
 
-# Show a command, run it, and say how it ended. A refusal is part of the
-# demo, so a non-zero exit does not stop the script; `want` says which exit
-# status the demo expects and anything else is a failure.
-show() {
-    local want=$1
-    shift
-    local shown="" a
-    for a in "$@"; do
-        case "$a" in
-        *[!A-Za-z0-9_./=:-]*) shown+=" '$a'" ;;
-        *) shown+=" $a" ;;
-        esac
+mkdir -p "$DATA/jetstream"
+# A secret for this demo only, kept between runs (tokens stay valid).
+if [ ! -s "$DATA/jwt_secret" ]; then
+    (umask 077 && head -c 48 /dev/urandom | base64 | tr -d '\n' >"$DATA/jwt_secret")
+fi
+
+pids=()
+cleanup() {
+    trap - INT TERM EXIT
+    echo
+    echo "demo.sh: stopping"
+    # The gateway first (it drains its clients), then nats-server.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        kill -TERM "${pids[$i]}" 2>/dev/null || true
+        wait "${pids[$i]}" 2>/dev/null || true
     done
-    printf '\n$ mudbus%s\n' "$shown"
-    local rc=0
-    "$BUILD/mudbus" "$@" || rc=$?
-    printf '(exit status %d)\n' "$rc"
-    if [ "$rc" -ne "$want" ]; then
-        echo "demo.sh: expected exit status $want from: mudbus $*" >&2
+}
+trap cleanup INT TERM EXIT
+
+nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$DATA/jetstream" -l "$DATA/nats-server.log" &
+pids+=($!)
+for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break
+    sleep 0.1
+done
+
+rm -f "$DATA/port"
+MUDBUS_AUTH_JWT_SECRET_FILE=$DATA/jwt_secret build/mudbus-gateway \
+    --listen "127.0.0.1:$PORT" --nats "nats://127.0.0.1:$NATS_PORT" --web-root "$ROOT/web" \
+    --dev-login --port-file "$DATA/port" 2>>"$DATA/gateway.log" &
+pids+=($!)
+for _ in $(seq 50); do
+    [ -s "$DATA/port" ] && break
+    if ! kill -0 "${pids[1]}" 2>/dev/null; then
+        echo "demo.sh: the gateway did not start; its log:" >&2
+        tail -n 20 "$DATA/gateway.log" >&2
         exit 1
     fi
-}
+    sleep 0.1
+done
 
-section "1/3 dependencies"
-scripts/deps.sh demo
+cat <<MSG
 
-section "2/3 configure and build (Release, $BUILD/)"
-cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release
-cmake --build "$BUILD" -j"$JOBS"
+  mudbus demo is running.
 
-section "3/3 the mudbus tool on the samples"
-echo "The subject patterns of the wire contract (PROTOCOL.md section 1):"
-show 0 subjects list
+    Browser client:  http://127.0.0.1:$PORT/
+    (sign in with any name; open a second window as someone else and chat)
 
-echo
-echo "Build the subject for chat said in a room; parameters are checked:"
-show 0 subjects build chat_say_room room_id=earth_arkham_city_library
-echo
-echo "A room id that tries to inject a token is refused, naming the parameter:"
-show 1 subjects build chat_say_room room_id=earth.arkham
+    Health:   curl http://127.0.0.1:$PORT/readyz
+    Metrics:  curl http://127.0.0.1:$PORT/metrics
+    Logs:     $DATA/gateway.log, $DATA/nats-server.log
 
-echo
-echo "Which pattern and schema a publish subject belongs to:"
-show 0 subjects check chat.say.room.earth_arkham_city_library
-show 1 subjects check chat.say.room
-echo
-echo "Subscriptions must not be too broad:"
-show 0 subjects check-sub 'chat.*.room.*'
-show 1 subjects check-sub '*'
+  Press Ctrl-C to stop.
 
-echo
-echo "Validate the sample messages ($(wc -c <samples/chat.json) bytes of chat):"
-cat samples/chat.json
-show 0 validate samples/chat.json
-show 0 validate --subject events.player_entered.earth_arkham_city_library samples/event.json
-echo
-echo "Refusals name the field and the rule:"
-show 1 validate samples/bad_channel.json
-show 1 validate samples/bad_timestamp.json
-show 1 validate --subject events.player_entered.earth_arkham_city_library samples/chat.json
+MSG
 
-section "done"
-echo "The tool is $BUILD/mudbus; try '$BUILD/mudbus --help'."
-echo "Next: scripts/test.sh builds with sanitizers, runs every test, fuzzes and benchmarks."
+if [ -n "${MB_DEMO_SECONDS:-}" ]; then
+    sleep "$MB_DEMO_SECONDS"
+    curl -fsS "http://127.0.0.1:$PORT/readyz"
+    exit 0
+fi
+wait -n "${pids[@]}"
+echo "demo.sh: a process stopped unexpectedly; see $DATA/*.log" >&2
+exit 1

@@ -12,8 +12,6 @@
 #   test   demo + clang/libFuzzer, clang-format, the LLVM symbolizer and openssl (test certificates)
 #   all    everything (the default)
 #
-# Packages for parts still being written (nats.c, nats-server, inih) are in
-# the lists already, so that the README's commands stay the same as they land.
 # Run as root (or as a user with sudo).
 
 set -euo pipefail
@@ -21,9 +19,15 @@ set -euo pipefail
 pkgs_build=(
     gcc make libc6-dev cmake pkg-config git ca-certificates
     libjansson-dev libcmocka-dev libnats-dev libinih-dev
+    libwebsockets-dev libuv1-dev libjwt-dev libssl-dev
 )
-pkgs_demo=(nats-server)
-pkgs_test=(clang clang-format libclang-rt-14-dev llvm openssl)
+pkgs_demo=(nats-server curl)
+# python3-websockets: the gateway's integration tests; chromium + node/npm:
+# the browser test (npm only fetches playwright-core, never a browser).
+pkgs_test=(clang clang-format libclang-rt-14-dev llvm openssl python3 python3-websockets chromium)
+if ! command -v npm >/dev/null 2>&1; then
+    pkgs_test+=(nodejs npm)
+fi
 
 usage() {
     sed -n '4,17s/^# \{0,1\}//p' "$0"

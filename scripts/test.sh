@@ -160,4 +160,12 @@ for b in "${benches[@]}"; do
         exit 1
     fi
 done
+echo "-- bench/run_loadgen.sh (the gateway under load, quick)"
+if MB_BENCH_QUICK=1 bench/run_loadgen.sh build-test/mudbus-gateway build-test/loadgen; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1))
+    echo "test.sh: bench/run_loadgen.sh failed" >&2
+    exit 1
+fi
 step="done"

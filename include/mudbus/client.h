@@ -124,6 +124,11 @@ typedef struct mb_client_opts {
     mb_dlq *dlq;                   /* borrowed; NULL: exhausted messages are reported as
                                     * MB_CLIENT_EV_DROPPED events */
     bool poll_mode;                /* deliver on the mb_client_dispatch thread */
+    bool shared_delivery;          /* nats.c delivers every subscription's messages on one
+                                    * shared thread (natsOptions_UseGlobalMessageDelivery)
+                                    * instead of one thread per subscription; use it with
+                                    * many subscriptions (a gateway has one per player) and
+                                    * in poll mode, where handlers only enqueue; default false */
     size_t dispatch_queue_max;     /* poll mode: pending deliveries; default 65536; a delivery
                                     * that finds it full goes to the DLQ (MB_ELIMIT) */
     int sub_pending_msgs;          /* per subscription, in nats.c before the handler runs;

@@ -1,0 +1,733 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * chat.c - what players say and what they receive: the commands of
+ * PROTOCOL.md section 3 (checks, limits, publishing through libmudbus) and
+ * the fan-out of NATS deliveries to the local players of section 4.
+ *
+ * Publishing never blocks the loop: chat goes out with mb_client_publish_*
+ * (no_retry: a failure is answered `unavailable` at once and nothing is
+ * sent); a whisper is a NATS request, run on a worker thread, so that "no
+ * responders" tells us the target is offline.
+ */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gw.h"
+#include "mudbus/schema.h"
+
+/* Frames are at most GW_FRAME_MAX bytes both ways (PROTOCOL.md section 3),
+ * the sequence-number prefix and the echo flag included. */
+#define FRAME_BODY_MAX (GW_FRAME_MAX - GW_SEQ_PREFIX_MAX - 16)
+
+const char *const gw_chan_names[GW_CH__COUNT] = {
+#define GW_X(e, s, len, rate) s,
+    GW_CHANNELS(GW_X)
+#undef GW_X
+};
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static bool nats_up(gw *g)
+{
+    mb_client_health h;
+    mb_client_health_get(g->nats, &h);
+    return h.live > 0;
+}
+
+bool gw_filter_allows(gw *g, gw_sess *s, const char *sender_id, gw_chan ch)
+{
+    (void)g, (void)s, (void)sender_id, (void)ch;
+    return true; /* personal and channel mutes: the mutes issue plugs in here */
+}
+
+/* ---- replies ---- */
+
+void gw_send_error(gw *g, gw_sess *s, const char *id, gw_err_code code, const char *msg,
+                   uint64_t retry_after_ms)
+{
+    gw_buf *b = &g->scratch;
+    gw_env_begin(b, "error", wall_ms(), NULL, NULL);
+    gw_buf_put(b, "{", 1);
+    if (id) {
+        gw_buf_key(b, "id");
+        gw_buf_jstr(b, id, strlen(id));
+        gw_buf_put(b, ",", 1);
+    }
+    gw_buf_key(b, "code");
+    gw_buf_jstr(b, gw_err_code_name(code), strlen(gw_err_code_name(code)));
+    gw_buf_put(b, ",", 1);
+    gw_buf_key(b, "message");
+    gw_buf_jstr(b, msg, strlen(msg));
+    if (code == GW_ERR_RATE_LIMITED) {
+        gw_buf_put(b, ",", 1);
+        gw_buf_key(b, "retry_after_ms");
+        gw_buf_u64(b, retry_after_ms);
+    }
+    gw_buf_puts(b, "}}");
+    if (code > GW_ERR_NONE && code < GW_ERR__COUNT)
+        mb_counter_add(g->st.cmd_errors[code], 1);
+    gw_send_scratch(s, GW_CRITICAL);
+}
+
+static void send_ack(gw *g, gw_sess *s, const char *id, const char *message_id)
+{
+    if (!id && !message_id)
+        return;
+    gw_buf *b = &g->scratch;
+    gw_env_begin(b, "ack", wall_ms(), NULL, NULL);
+    gw_buf_put(b, "{", 1);
+    if (id) {
+        gw_buf_key(b, "id");
+        gw_buf_jstr(b, id, strlen(id));
+    }
+    if (message_id) {
+        if (id)
+            gw_buf_put(b, ",", 1);
+        gw_buf_key(b, "message_id");
+        gw_buf_jstr(b, message_id, strlen(message_id));
+    }
+    gw_buf_puts(b, "}}");
+    gw_send_scratch(s, GW_CRITICAL);
+}
+
+void gw_welcome(gw *g, gw_sess *s)
+{
+    gw_buf *b = &g->scratch;
+    gw_env_begin(b, "welcome", wall_ms(), s->room ? s->room->id : NULL, s->pe->id);
+    gw_buf_put(b, "{", 1);
+    gw_buf_key(b, "player_id");
+    gw_buf_jstr(b, s->pe->id, strlen(s->pe->id));
+    gw_buf_opt_str(b, "player_name", s->pe->name);
+    gw_buf_opt_str(b, "room_id", s->room ? s->room->id : NULL);
+    gw_buf_opt_str(b, "gateway", g->cfg->instance_id);
+    gw_buf_puts(b, "}}");
+    gw_send_scratch(s, GW_CRITICAL);
+}
+
+/* ---- publishing ---- */
+
+void gw_publish_presence(gw *g, gw_sess *s, const char *event, const char *room_id)
+{
+    gw_buf data = {0};
+    gw_buf_put(&data, "{", 1);
+    gw_buf_key(&data, "player_id");
+    gw_buf_jstr(&data, s->pe->id, strlen(s->pe->id));
+    gw_buf_opt_str(&data, "player_name", s->pe->name);
+    gw_buf_opt_str(&data, "room_id", room_id);
+    gw_buf_put(&data, "}", 1);
+    if (data.oom) {
+        gw_buf_free(&data);
+        return;
+    }
+    mb_event_msg ev = {.event_type = event,
+                       .event_data = data.p,
+                       .event_data_len = data.len,
+                       .room_id = room_id,
+                       .player_id = s->pe->id,
+                       .sender_id = s->pe->id,
+                       .sender_name = s->pe->name};
+    char subj[300];
+    snprintf(subj, sizeof subj, "events.%s.%s", event, room_id);
+    mb_err err;
+    if (mb_client_publish_event(g->nats, subj, &ev, NULL, NULL, &err) != MB_OK)
+        gw_log("warn", "event=presence_publish_failed subject=%s error=\"%s\"", subj, err.msg);
+    gw_buf_free(&data);
+}
+
+static gw_err_code publish_status(mb_status st)
+{
+    switch (st) {
+    case MB_OK:
+        return GW_ERR_NONE;
+    case MB_ESUBJECT:
+    case MB_ESCHEMA:
+    case MB_EJSON:
+    case MB_ETOOBIG:
+        return GW_ERR_BAD_REQUEST;
+    case MB_ENOMEM:
+        return GW_ERR_INTERNAL;
+    default:
+        return GW_ERR_UNAVAILABLE;
+    }
+}
+
+/* Whisper: a NATS request on a worker thread. */
+typedef struct whisper_job {
+    gw_work w;
+    gw *g;
+    gw_sess *s;
+    char *id;
+    char subject[300];
+    char *payload;
+    size_t len;
+    mb_status st;
+    char err[MB_ERR_MSG_MAX];
+    char message_id[65];
+    char target[GW_TOKEN_MAX + 1];
+    char *content;
+    bool system;
+} whisper_job;
+
+static void whisper_run(gw_work *w)
+{
+    whisper_job *j = (whisper_job *)w;
+    mb_reply *r = NULL;
+    mb_err err = {0};
+    j->st = mb_client_request(j->g->nats, j->subject, j->payload, j->len,
+                              j->g->cfg->whisper_timeout_ms, &r, &err);
+    snprintf(j->err, sizeof j->err, "%s", err.msg);
+    /* The target's gateway answers whether a session of the player got it. */
+    if (j->st == MB_OK && !strstr(r->data, "\"delivered\":true"))
+        j->st = MB_ENORESPONDERS;
+    mb_client_reply_free(r);
+}
+
+static void chat_frame_data(gw_buf *b, const char *message_id, const char *channel,
+                            const char *sender_id, const char *sender_name, const char *content,
+                            const char *line, const char *ts, const char *target_id,
+                            const char *target_name, const char *speaker_kind);
+
+static void whisper_done(gw_work *w)
+{
+    whisper_job *j = (whisper_job *)w;
+    gw_sess *s = j->s;
+    gw *g = j->g;
+    if (!j->w.cancelled && !s->closed) {
+        if (j->st == MB_OK) {
+            /* The sender's copy, marked echo. */
+            char line[64 + 24];
+            gw_buf *b = &g->scratch;
+            if (!j->system) {
+                gw_buf msg = {0};
+                gw_buf_puts(&msg, s->pe->name);
+                gw_buf_puts(&msg, " whispers: ");
+                gw_buf_puts(&msg, j->content);
+                char ts[40];
+                mb_timestamp_format(wall_ms(), ts);
+                gw_env_begin(b, "chat_message", wall_ms(), NULL, NULL);
+                chat_frame_data(b, j->message_id, "whisper", s->pe->id, s->pe->name, j->content,
+                                msg.oom ? "" : msg.p, ts, j->target, NULL, NULL);
+                gw_buf_puts(b, ",\"echo\":true}}");
+                gw_buf_free(&msg);
+                gw_send_scratch(s, GW_CRITICAL);
+            }
+            (void)line;
+            send_ack(g, s, j->id, j->message_id);
+        } else if (j->st == MB_ENORESPONDERS) {
+            char m[GW_ERR_MSG_MAX];
+            snprintf(m, sizeof m, "%s is not online", j->target);
+            gw_send_error(g, s, j->id, GW_ERR_INVALID_TARGET, m, 0);
+        } else {
+            gw_err_code code = publish_status(j->st);
+            gw_send_error(g, s, j->id, code,
+                          code == GW_ERR_UNAVAILABLE
+                              ? "chat is unavailable (NATS): nothing was sent"
+                              : j->err,
+                          0);
+        }
+    }
+    gw_sess_unref(s);
+    free(j->id);
+    free(j->payload);
+    free(j->content);
+    free(j);
+}
+
+static void start_whisper(gw *g, gw_sess *s, const gw_cmd *c, mb_chat_msg *m, bool system)
+{
+    whisper_job *j = calloc(1, sizeof *j);
+    char *buf = malloc(GW_FRAME_MAX * 2 + 2048);
+    if (!j || !buf) {
+        free(j);
+        free(buf);
+        gw_send_error(g, s, c->id, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    mb_err err;
+    size_t len;
+    mb_status st = mb_chat_encode(NULL, m, buf, GW_FRAME_MAX * 2 + 2048, &len, &err);
+    if (st != MB_OK) {
+        free(j);
+        free(buf);
+        gw_send_error(g, s, c->id, GW_ERR_BAD_REQUEST, err.msg, 0);
+        return;
+    }
+    j->w.run = whisper_run;
+    j->w.done = whisper_done;
+    j->g = g;
+    j->s = s;
+    j->payload = buf;
+    j->len = len;
+    j->system = system;
+    j->id = c->id ? strdup(c->id) : NULL;
+    j->content = strdup(c->content);
+    snprintf(j->message_id, sizeof j->message_id, "%s", m->message_id);
+    snprintf(j->target, sizeof j->target, "%s", c->target);
+    snprintf(j->subject, sizeof j->subject, "chat.whisper.player.%s", c->target);
+    s->refs++;
+    if ((c->id && !j->id) || !j->content || !gw_work_submit(g->work, &j->w)) {
+        s->refs--;
+        free(j->id);
+        free(j->content);
+        free(j->payload);
+        free(j);
+        gw_send_error(g, s, c->id, GW_ERR_UNAVAILABLE, "too many requests in flight; try again", 0);
+        return;
+    }
+    mb_gauge_set(g->st.work_queue, (int64_t)gw_work_depth(g->work));
+}
+
+static gw_chan cmd_chan(gw_cmd_type t)
+{
+    switch (t) {
+    case GW_CMD_SAY:
+        return GW_CH_SAY;
+    case GW_CMD_EMOTE:
+        return GW_CH_EMOTE;
+    case GW_CMD_POSE:
+        return GW_CH_POSE;
+    case GW_CMD_LOCAL:
+        return GW_CH_LOCAL;
+    case GW_CMD_GLOBAL:
+        return GW_CH_GLOBAL;
+    case GW_CMD_WHISPER:
+        return GW_CH_WHISPER;
+    case GW_CMD_PARTY:
+        return GW_CH_PARTY;
+    default:
+        return GW_CH_SYSTEM;
+    }
+}
+
+static void chat_cmd(gw *g, gw_sess *s, const gw_cmd *c)
+{
+    gw_chan ch = cmd_chan(c->type);
+    const gw_config *cfg = g->cfg;
+    if (ch == GW_CH_SYSTEM && !s->admin) {
+        gw_send_error(g, s, c->id, GW_ERR_FORBIDDEN, "system messages are for admins", 0);
+        return;
+    }
+    if (c->content_chars > cfg->max_chars[ch]) {
+        char m[GW_ERR_MSG_MAX];
+        snprintf(m, sizeof m, "content: %zu characters exceeds %u for %s", c->content_chars,
+                 cfg->max_chars[ch], gw_chan_names[ch]);
+        gw_send_error(g, s, c->id, GW_ERR_TOO_LONG, m, 0);
+        return;
+    }
+    /* The delivered frame carries the content and its formatted line; the
+     * line may be shortened, the content not. */
+    if (gw_json_escaped_len(c->content, c->content_len) > FRAME_BODY_MAX - 1024) {
+        char m[GW_ERR_MSG_MAX];
+        snprintf(m, sizeof m, "content: %zu bytes do not fit in one frame", c->content_len);
+        gw_send_error(g, s, c->id, GW_ERR_TOO_LONG, m, 0);
+        return;
+    }
+    if (ch == GW_CH_PARTY && !s->party) {
+        gw_send_error(g, s, c->id, GW_ERR_INVALID_TARGET, "you are not in a party", 0);
+        return;
+    }
+    uint64_t retry = 0;
+    if (cfg->rate_limits &&
+        !gw_bucket_take(&s->pe->buckets[ch], cfg->per_minute[ch], gw_now_mono_ms(g), &retry)) {
+        char m[GW_ERR_MSG_MAX];
+        snprintf(m, sizeof m, "%s: at most %u per minute", gw_chan_names[ch], cfg->per_minute[ch]);
+        gw_send_error(g, s, c->id, GW_ERR_RATE_LIMITED, m, retry);
+        return;
+    }
+    char mid[65];
+    mb_err err;
+    if (mb_message_id_generate(mid, &err) != MB_OK) {
+        gw_send_error(g, s, c->id, GW_ERR_INTERNAL, err.msg, 0);
+        return;
+    }
+    char subzone[GW_TOKEN_MAX + 1] = "";
+    const char *room = s->room ? s->room->id : NULL;
+    if (room)
+        gw_room_subzone(room, subzone, sizeof subzone);
+    mb_chat_msg m = {.message_id = mid,
+                     .sender_id = s->pe->id,
+                     .sender_name = s->pe->name,
+                     .content = c->content,
+                     .room_id = room,
+                     .subzone = room ? subzone : NULL};
+    mb_channel_parse(gw_chan_names[ch], strlen(gw_chan_names[ch]), &m.channel);
+    char subj[300];
+    switch (ch) {
+    case GW_CH_SAY:
+    case GW_CH_EMOTE:
+    case GW_CH_POSE:
+        snprintf(subj, sizeof subj, "chat.%s.room.%s", gw_chan_names[ch], room);
+        break;
+    case GW_CH_LOCAL:
+        snprintf(subj, sizeof subj, "chat.local.subzone.%s", subzone);
+        break;
+    case GW_CH_GLOBAL:
+        snprintf(subj, sizeof subj, "chat.global");
+        break;
+    case GW_CH_PARTY:
+        m.party_id = s->party->id;
+        snprintf(subj, sizeof subj, "chat.party.group.%s", s->party->id);
+        break;
+    case GW_CH_WHISPER:
+    case GW_CH_SYSTEM:
+    default:
+        if (ch == GW_CH_SYSTEM && !c->target) {
+            m.speaker_kind = MB_SPEAKER_SYSTEM;
+            snprintf(subj, sizeof subj, "chat.system");
+            break;
+        }
+        m.target_id = c->target;
+        if (ch == GW_CH_SYSTEM)
+            m.speaker_kind = MB_SPEAKER_SYSTEM;
+        mb_counter_add(g->st.msgs_in[ch], 1);
+        start_whisper(g, s, c, &m, ch == GW_CH_SYSTEM);
+        return;
+    }
+    mb_publish_opts po = {.no_retry = true};
+    mb_status st = mb_client_publish_chat(g->nats, subj, &m, &po, NULL, &err);
+    gw_err_code code = publish_status(st);
+    if (code != GW_ERR_NONE) {
+        gw_send_error(g, s, c->id, code,
+                      code == GW_ERR_UNAVAILABLE ? "chat is unavailable (NATS): nothing was sent"
+                                                 : err.msg,
+                      0);
+        return;
+    }
+    mb_counter_add(g->st.msgs_in[ch], 1);
+    send_ack(g, s, c->id, mid);
+}
+
+static void join_cmd(gw *g, gw_sess *s, const gw_cmd *c)
+{
+    if (s->room && strcmp(s->room->id, c->room_id) == 0) {
+        send_ack(g, s, c->id, NULL);
+        return;
+    }
+    if (!nats_up(g)) {
+        gw_send_error(g, s, c->id, GW_ERR_UNAVAILABLE, "NATS is down: cannot change rooms now", 0);
+        return;
+    }
+    char old[GW_TOKEN_MAX + 1] = "";
+    if (s->room)
+        snprintf(old, sizeof old, "%s", s->room->id);
+    if (!gw_room_move(g, s, c->room_id)) {
+        gw_send_error(g, s, c->id, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    gw_after_subs(g, s, GW_AFTER_JOIN, c->id, old, c->room_id);
+}
+
+void gw_after_join(gw *g, gw_sess *s, const char *id, const char *old_room, const char *new_room)
+{
+    if (old_room && old_room[0])
+        gw_publish_presence(g, s, "player_left", old_room);
+    gw_publish_presence(g, s, "player_entered", new_room);
+    send_ack(g, s, id, NULL);
+}
+
+void gw_handle_frame(gw *g, gw_sess *s, const char *buf, size_t len)
+{
+    static gw_cmd cmd; /* loop thread only; 16 KiB is too much for the stack */
+    char msg[GW_ERR_MSG_MAX];
+    gw_err_code code = gw_cmd_parse(buf, len, &cmd, msg);
+    if (code != GW_ERR_NONE) {
+        gw_send_error(g, s, cmd.id, code, msg, 0);
+        return;
+    }
+    switch (cmd.type) {
+    case GW_CMD_PING: {
+        gw_buf *b = &g->scratch;
+        gw_env_begin(b, "pong", wall_ms(), NULL, NULL);
+        gw_buf_put(b, "{", 1);
+        if (cmd.id) {
+            gw_buf_key(b, "id");
+            gw_buf_jstr(b, cmd.id, strlen(cmd.id));
+        }
+        gw_buf_puts(b, "}}");
+        gw_send_scratch(s, GW_CRITICAL);
+        return;
+    }
+    case GW_CMD_JOIN:
+        join_cmd(g, s, &cmd);
+        return;
+    case GW_CMD_SAY:
+    case GW_CMD_EMOTE:
+    case GW_CMD_POSE:
+    case GW_CMD_LOCAL:
+    case GW_CMD_GLOBAL:
+    case GW_CMD_WHISPER:
+    case GW_CMD_PARTY:
+    case GW_CMD_SYSTEM:
+        chat_cmd(g, s, &cmd);
+        return;
+    default:
+        if ((cmd.type == GW_CMD_MUTE_GLOBAL || cmd.type == GW_CMD_UNMUTE_GLOBAL) && !s->admin) {
+            gw_send_error(g, s, cmd.id, GW_ERR_FORBIDDEN, "global mutes are for admins", 0);
+            return;
+        }
+        /* mute, unmute, mute_channel, unmute_channel, mute_global,
+         * unmute_global, mutes: need the mute store (not in this build). */
+        gw_send_error(g, s, cmd.id, GW_ERR_INTERNAL, "mutes are not available on this gateway yet",
+                      0);
+        return;
+    }
+}
+
+/* ---- deliveries ---- */
+
+static void chat_frame_data(gw_buf *b, const char *message_id, const char *channel,
+                            const char *sender_id, const char *sender_name, const char *content,
+                            const char *line, const char *ts, const char *target_id,
+                            const char *target_name, const char *speaker_kind)
+{
+    gw_buf_put(b, "{", 1);
+    gw_buf_key(b, "message_id");
+    gw_buf_jstr(b, message_id, strlen(message_id));
+    gw_buf_opt_str(b, "channel", channel);
+    gw_buf_opt_str(b, "sender_id", sender_id);
+    gw_buf_puts(b, ",\"player_name\":");
+    gw_buf_jstr(b, sender_name, strlen(sender_name));
+    gw_buf_puts(b, ",\"content\":");
+    gw_buf_jstr(b, content, strlen(content));
+    gw_buf_puts(b, ",\"message\":");
+    gw_buf_jstr(b, line, strlen(line));
+    gw_buf_opt_str(b, "timestamp", ts);
+    gw_buf_opt_str(b, "target_id", target_id);
+    gw_buf_opt_str(b, "target_name", target_name);
+    gw_buf_opt_str(b, "speaker_kind", speaker_kind);
+}
+
+static const char *jstr(json_t *o, const char *k)
+{
+    const char *v = json_string_value(json_object_get(o, k));
+    return v ? v : NULL;
+}
+
+static gw_chan chan_of(const char *name, bool *admin)
+{
+    *admin = name && strcmp(name, "admin") == 0;
+    if (*admin)
+        return GW_CH_SYSTEM;
+    for (int i = 0; i < GW_CH__COUNT; i++)
+        if (name && strcmp(name, gw_chan_names[i]) == 0)
+            return (gw_chan)i;
+    return GW_CH_SAY;
+}
+
+/* The formatted line of PROTOCOL.md section 3. */
+static void format_line(gw_buf *b, gw_chan ch, bool admin, bool to_target, const char *name,
+                        const char *content)
+{
+    b->len = 0;
+    b->oom = false;
+    if (admin) {
+        gw_buf_puts(b, "[ADMIN] ");
+        gw_buf_puts(b, name);
+        gw_buf_puts(b, ": ");
+    } else {
+        static const char *const suffix[GW_CH__COUNT] = {[GW_CH_SAY] = " says: ",
+                                                         [GW_CH_LOCAL] = " (local): ",
+                                                         [GW_CH_GLOBAL] = " (global): ",
+                                                         [GW_CH_WHISPER] = " whispers: ",
+                                                         [GW_CH_EMOTE] = " ",
+                                                         [GW_CH_POSE] = " ",
+                                                         [GW_CH_PARTY] = " (party): ",
+                                                         [GW_CH_SYSTEM] = NULL};
+        if (ch == GW_CH_SYSTEM) {
+            gw_buf_puts(b, "[SYSTEM] ");
+        } else {
+            gw_buf_puts(b, name);
+            gw_buf_puts(b, ch == GW_CH_WHISPER && to_target ? " whispers to you: " : suffix[ch]);
+        }
+    }
+    gw_buf_puts(b, content);
+}
+
+typedef struct fanout {
+    gw *g;
+    gw_frame *f, *echo;
+    const char *sender_id;
+    const char *target_id; /* chat.system for one player */
+    gw_chan ch;
+    bool filtered; /* receiver-side filtering applies */
+} fanout;
+
+static void deliver(fanout *fo, gw_sess *s)
+{
+    if (s->closed || s->closing)
+        return;
+    bool own = fo->sender_id && strcmp(s->pe->id, fo->sender_id) == 0;
+    if (fo->filtered && !own && !gw_filter_allows(fo->g, s, fo->sender_id, fo->ch))
+        return;
+    gw_send(s, own && fo->echo ? fo->echo : fo->f);
+}
+
+static void deliver_room(fanout *fo, gw_room *r)
+{
+    for (gw_sess *s = r->members; s; s = s->room_next)
+        deliver(fo, s);
+}
+
+/* Last token of a subject. */
+static const char *last_token(const char *subj)
+{
+    const char *p = strrchr(subj, '.');
+    return p ? p + 1 : subj;
+}
+
+static void fan_out(gw *g, const mb_msg *m, fanout *fo)
+{
+    const char *pat = m->pattern ? m->pattern : "";
+    const char *key = last_token(m->subject);
+    if (strcmp(pat, "chat_system") == 0 && fo->target_id) {
+        gw_pent *pe = gw_player_find(g, fo->target_id);
+        for (gw_sess *s = pe ? pe->sessions : NULL; s; s = s->pe_next)
+            deliver(fo, s);
+    } else if (strcmp(pat, "chat_global") == 0 || strcmp(pat, "chat_system") == 0 ||
+               strcmp(pat, "event_game_tick") == 0) {
+        for (gw_sess *s = g->all; s; s = s->all_next)
+            deliver(fo, s);
+    } else if (strcmp(pat, "chat_local_subzone") == 0) {
+        gw_zone *z = gw_map_get(&g->zones, key);
+        for (gw_room *r = z ? z->rooms : NULL; r; r = r->zone_next)
+            deliver_room(fo, r);
+    } else if (strcmp(pat, "chat_whisper_player") == 0) {
+        gw_pent *pe = gw_player_find(g, key);
+        for (gw_sess *s = pe ? pe->sessions : NULL; s; s = s->pe_next)
+            deliver(fo, s);
+    } else if (strcmp(pat, "chat_party_group") == 0) {
+        gw_party *p = gw_map_get(&g->parties, key);
+        for (gw_sess *s = p ? p->members : NULL; s; s = s->party_next)
+            deliver(fo, s);
+    } else {
+        gw_room *r = gw_room_find(g, key); /* room subjects */
+        if (r)
+            deliver_room(fo, r);
+    }
+}
+
+static void on_chat(gw *g, const mb_msg *m, json_t *o)
+{
+    const char *channel = jstr(o, "channel");
+    bool admin;
+    gw_chan ch = chan_of(channel, &admin);
+    const char *sender_id = jstr(o, "sender_id"), *name = jstr(o, "sender_name");
+    const char *content = jstr(o, "content"), *mid = jstr(o, "message_id");
+    const char *room = jstr(o, "room_id");
+    bool whisper = strcmp(m->pattern, "chat_whisper_player") == 0;
+    gw_buf line = {0};
+    format_line(&line, ch, admin, whisper, name, content);
+    gw_buf *b = &g->scratch;
+    size_t open_len = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        gw_env_begin(b, "chat_message", wall_ms(), room, NULL);
+        chat_frame_data(b, mid, channel, sender_id, name, content, line.oom ? "" : line.p,
+                        jstr(o, "timestamp"), jstr(o, "target_id"), jstr(o, "target_name"),
+                        jstr(o, "speaker_kind"));
+        open_len = b->len; /* before the data object's closing brace */
+        gw_buf_puts(b, "}}");
+        if (b->oom || open_len + 2 <= FRAME_BODY_MAX || pass == 1 || line.oom)
+            break;
+        /* Too large for a frame: shorten the formatted line (the content is
+         * whole in "content") and mark the cut. */
+        size_t over = open_len + 2 - FRAME_BODY_MAX + 3;
+        size_t esc = gw_json_escaped_len(line.p, line.len);
+        if (over >= esc)
+            break;
+        line.len = gw_json_prefix_fitting(line.p, line.len, esc - over);
+        line.p[line.len] = '\0';
+        gw_buf_puts(&line, "\xe2\x80\xa6"); /* U+2026 */
+    }
+    if (!b->oom && open_len + 2 > FRAME_BODY_MAX) {
+        mb_counter_add(g->st.oversize, 1);
+        gw_log("warn", "event=message_too_large_for_a_frame subject=%s message_id=%s bytes=%zu",
+               m->subject, mid ? mid : "-", open_len + 2);
+        gw_buf_free(&line);
+        return;
+    }
+    bool critical = ch == GW_CH_WHISPER || ch == GW_CH_SYSTEM;
+    gw_frame_class cls = critical ? GW_CRITICAL : GW_AMBIENT;
+    fanout fo = {.g = g,
+                 .sender_id = sender_id,
+                 .target_id = jstr(o, "target_id"),
+                 .ch = ch,
+                 .filtered = ch != GW_CH_SYSTEM};
+    if (!b->oom)
+        fo.f = gw_frame_new(b->p, b->len, cls);
+    /* The sender's own copy (only when the sender is here, and not for a
+     * whisper's target copy: the sender's echo is sent by whisper_done). */
+    gw_pent *spe = sender_id ? gw_player_find(g, sender_id) : NULL;
+    if (fo.f && !whisper && spe && spe->n) {
+        b->len = open_len;
+        gw_buf_puts(b, ",\"echo\":true}}");
+        if (!b->oom)
+            fo.echo = gw_frame_new(b->p, b->len, cls);
+    }
+    if (fo.f)
+        fan_out(g, m, &fo);
+    else
+        gw_log("error", "event=frame_alloc_failed subject=%s", m->subject);
+    gw_frame_unref(fo.f);
+    gw_frame_unref(fo.echo);
+    gw_buf_free(&line);
+}
+
+static void on_event(gw *g, const mb_msg *m, json_t *o)
+{
+    const char *type = jstr(o, "event_type");
+    json_t *data = json_object_get(o, "event_data");
+    char *dtext = json_dumps(data, JSON_COMPACT | JSON_ENSURE_ASCII);
+    if (!type || !dtext) {
+        free(dtext);
+        return;
+    }
+    const char *room = jstr(o, "room_id");
+    gw_buf *b = &g->scratch;
+    gw_env_begin(b, type, wall_ms(), room, jstr(o, "player_id"));
+    gw_buf_puts(b, dtext);
+    gw_buf_put(b, "}", 1);
+    free(dtext);
+    if (!b->oom && b->len > FRAME_BODY_MAX) {
+        mb_counter_add(g->st.oversize, 1);
+        gw_log("warn", "event=event_too_large_for_a_frame subject=%s bytes=%zu", m->subject,
+               b->len);
+        return;
+    }
+    fanout fo = {.g = g, .sender_id = NULL, .ch = GW_CH_SAY, .filtered = false};
+    if (!b->oom && (fo.f = gw_frame_new(b->p, b->len, GW_AMBIENT)))
+        fan_out(g, m, &fo);
+    gw_frame_unref(fo.f);
+}
+
+mb_handled gw_on_nats(void *ctx, const mb_msg *m)
+{
+    gw *g = ctx;
+    mb_counter_add(g->st.nats_in, 1);
+    json_error_t je;
+    json_t *o = json_loadb(m->data, m->len, 0, &je);
+    if (!o)
+        return MB_HANDLED_FAIL; /* cannot happen: the client validated it */
+    if (m->schema == MB_SCHEMA_CHAT)
+        on_chat(g, m, o);
+    else
+        on_event(g, m, o);
+    json_decref(o);
+    gw_pent *pe;
+    if (m->reply && strcmp(m->pattern, "chat_whisper_player") == 0 &&
+        (pe = gw_player_find(g, last_token(m->subject)))) {
+        /* A player who just left (entry lingering): "not delivered". */
+        const char *r = pe->n ? "{\"delivered\":true}" : "{\"delivered\":false}";
+        mb_err err;
+        if (mb_client_respond(g->nats, m, r, strlen(r), &err) != MB_OK)
+            gw_log("warn", "event=whisper_reply_failed error=\"%s\"", err.msg);
+    }
+    return MB_HANDLED_OK;
+}

@@ -1,0 +1,271 @@
+# SPDX-License-Identifier: MIT
+"""Channels, recipients and formatted lines (PROTOCOL.md sections 3 and 4) on one gateway
+(plus gw-b for "everyone online"), join events, welcome, ping and sequence numbers."""
+
+import unittest
+
+from harness import (QUIET, START_ROOM, GatewayTestCase, brief, gw_b, gw_main, uid, uniq_room)
+
+
+ATTEMPTS = 40  # the race tests: attempts (each takes a few ms unless it fails)
+
+
+class ChannelTests(GatewayTestCase):
+    def assertOnce(self, client, content):
+        got = client.matching("chat_message", content=content)
+        self.assertEqual(len(got), 1, "%s got %d copies of %r: %s" % (client.label, len(got), content,
+                                                                       [brief(f) for f in got]))
+
+    def assertNoEcho(self, frame):
+        self.assertIn((frame.get("data") or {}).get("echo"), (None, False),
+                      "echo must be true only on the sender's own copy: %s" % brief(frame))
+
+    async def test_welcome(self):
+        gw = gw_main()
+        c = await self.connect(gw, "Zoë")
+        w = c.welcome
+        self.assertEqual(w["event_type"], "welcome")
+        d = w["data"]
+        self.assertEqual(d.get("player_id"), c.player_id, brief(w))
+        self.assertEqual(d.get("player_name"), "Zoë", brief(w))
+        self.assertEqual(d.get("room_id"), START_ROOM, brief(w))
+        self.assertEqual(d.get("gateway"), "gw-main", brief(w))
+        self.assertEqual(c.ws.subprotocol, "mudbus.v1", "negotiated subprotocol")
+
+    async def test_ping_pong(self):
+        c = await self.connect(gw_main(), "Pinger")
+        await c.ping()
+        await c.ping()
+
+    async def test_room_channels_say_emote_pose(self):
+        gw = gw_main()
+        for ch, fmt in (("say", "{n} says: {c}"), ("emote", "{n} {c}"), ("pose", "{n} {c}")):
+            with self.subTest(channel=ch):
+                room = uniq_room()
+                a = await self.connect(gw, "Alice", room=room)
+                b = await self.connect(gw, "Bob", room=room)
+                c = await self.connect(gw, "Carol", room=uniq_room())  # another room
+                s = await self.connect(gw, "Sam")  # still in the start room
+                content = "%s test %s ünï" % (ch, uid())
+                ack = await a.ok(ch, content=content)
+                line = fmt.format(n="Alice", c=content)
+                fb = await b.chat(content)
+                self.assertChat(fb, channel=ch, sender_id=a.player_id, player_name="Alice", content=content, message=line)
+                self.assertNoEcho(fb)
+                fa = await a.chat(content)
+                self.assertChat(fa, channel=ch, sender_id=a.player_id, player_name="Alice", content=content,
+                                message=line, echo=True)
+                self.assertEqual(fa["data"]["message_id"], fb["data"]["message_id"], "one message, one message_id")
+                if "message_id" in ack["data"]:
+                    self.assertEqual(ack["data"]["message_id"], fb["data"]["message_id"], "ack message_id")
+                await c.expect_no_chat(content)
+                await s.expect_no_chat(content, within=0)
+                self.assertOnce(a, content)
+                self.assertOnce(b, content)
+
+    async def test_local_reaches_the_subzone_across_rooms(self):
+        gw = gw_main()
+        a = await self.connect(gw, "Alice", room="earth_arkham_city_library")
+        b = await self.connect(gw, "Bob", room="earth_arkham_city_square")
+        b2 = await self.connect(gw, "Bea", room="earth_arkham_city_square")
+        c = await self.connect(gw, "Carol", room="earth_arkham_docks_pier")  # subzone docks
+        content = "local test %s" % uid()
+        await a.ok("local", content=content)
+        line = "Alice (local): %s" % content
+        for r in (b, b2):
+            f = await r.chat(content)
+            self.assertChat(f, channel="local", sender_id=a.player_id, player_name="Alice", message=line)
+            self.assertNoEcho(f)
+        fa = await a.chat(content)
+        self.assertChat(fa, channel="local", message=line)
+        await c.expect_no_chat(content)
+        for r in (a, b, b2):
+            self.assertOnce(r, content)
+
+    async def test_global_reaches_everyone_online(self):
+        a = await self.connect(gw_main(), "Alice", room=uniq_room())
+        b = await self.connect(gw_main(), "Bob", room=uniq_room())
+        s = await self.connect(gw_main(), "Sam")  # start room
+        d = await self.connect(gw_b(), "Dora", room=uniq_room())  # other gateway
+        await self.settle()
+        content = "global test %s" % uid()
+        await a.ok("global", content=content)
+        line = "Alice (global): %s" % content
+        for r in (a, b, s, d):
+            f = await r.chat(content)
+            self.assertChat(f, channel="global", sender_id=a.player_id, player_name="Alice", content=content, message=line)
+        for r in (b, s, d):
+            self.assertNoEcho(r.matching("chat_message", content=content)[0])
+        await d.expect_none("chat_message", within=QUIET, content=content)  # no second copy
+        for r in (a, b, s, d):
+            self.assertOnce(r, content)
+
+    async def test_whisper_only_to_target_with_echo(self):
+        gw = gw_main()
+        room = uniq_room()
+        a = await self.connect(gw, "Alice", room=room)
+        b = await self.connect(gw, "Bob", room=room)
+        c = await self.connect(gw, "Carol", room=room)  # same room, must not hear it
+        content = "whisper test %s" % uid()
+        await a.ok("whisper", target=b.player_id, content=content)
+        fb = await b.chat(content)
+        self.assertChat(fb, channel="whisper", sender_id=a.player_id, player_name="Alice", content=content,
+                        message="Alice whispers to you: %s" % content)
+        self.assertNoEcho(fb)
+        if "target_id" in fb["data"]:
+            self.assertEqual(fb["data"]["target_id"], b.player_id)
+        fa = await a.chat(content)
+        self.assertChat(fa, channel="whisper", sender_id=a.player_id, echo=True,
+                        message="Alice whispers: %s" % content)
+        if "target_id" in fa["data"]:
+            self.assertEqual(fa["data"]["target_id"], b.player_id)
+        await c.expect_no_chat(content)
+        self.assertOnce(a, content)
+        self.assertOnce(b, content)
+
+    async def test_party_reaches_party_members_only(self):
+        gw = gw_main()
+        p1, p2 = uid("party"), uid("party")
+        room = uniq_room()
+        a = await self.connect(gw, "Alice", room=room, party=p1)
+        b = await self.connect(gw, "Bob", room=uniq_room(), party=p1)  # same party, other room
+        bb = await self.connect(gw_b(), "Bert", room=uniq_room(), party=p1)  # same party, other gateway
+        c = await self.connect(gw, "Carol", room=room, party=p2)  # other party, same room
+        d = await self.connect(gw, "Dan", room=room)  # no party
+        await self.settle()
+        content = "party test %s" % uid()
+        await a.ok("party", content=content)
+        line = "Alice (party): %s" % content
+        for r in (a, b, bb):
+            f = await r.chat(content)
+            self.assertChat(f, channel="party", sender_id=a.player_id, player_name="Alice", content=content, message=line)
+        await c.expect_no_chat(content)
+        await d.expect_no_chat(content, within=0)
+        for r in (a, b, bb):
+            self.assertOnce(r, content)
+
+    async def test_party_without_party_claim_is_refused(self):
+        # The contract does not name the code; any error is acceptable, an ack is not.
+        gw = gw_main()
+        room = uniq_room()
+        d = await self.connect(gw, "Dan", room=room)
+        e = await self.connect(gw, "Eve", room=room)
+        content = "partyless %s" % uid()
+        f = await d.cmd("party", content=content)
+        self.assertEqual(f["event_type"], "error", "party without a party claim: %s" % brief(f))
+        await e.expect_no_chat(content)
+        await d.expect_no_chat(content, within=0)
+        await d.ping()
+
+    async def test_system_admin_only_to_all_and_to_target(self):
+        gw = gw_main()
+        x = await self.connect(gw, "Admin", room=uniq_room(), adm=True)
+        a = await self.connect(gw, "Alice", room=uniq_room())
+        b = await self.connect(gw_b(), "Bob", room=uniq_room())
+        await self.settle()
+        # to everyone
+        content = "system all %s" % uid()
+        await x.ok("system", content=content)
+        for r in (x, a, b):
+            f = await r.chat(content)
+            self.assertChat(f, channel="system", content=content, message="[SYSTEM] %s" % content)
+        # to one player (on the other gateway)
+        content2 = "system one %s" % uid()
+        await x.ok("system", content=content2, target=b.player_id)
+        f = await b.chat(content2)
+        self.assertChat(f, channel="system", content=content2, message="[SYSTEM] %s" % content2)
+        await a.expect_no_chat(content2)
+        self.assertOnce(b, content2)
+        # non-admins: forbidden, nothing published (adm absent and adm false)
+        y = await self.connect(gw, "Yann", room=uniq_room(), adm=False)
+        content3 = "system forbidden %s" % uid()
+        await a.err("forbidden", "system", content=content3)
+        await y.err("forbidden", "system", content=content3, target=b.player_id)
+        await b.expect_no_chat(content3)
+        await x.expect_no_chat(content3, within=0)
+        await a.ping()
+
+    async def test_join_moves_the_player_with_events(self):
+        gw = gw_main()
+        r1, r2 = uniq_room(), uniq_room()
+        a = await self.connect(gw, "Alice", room=r1)
+        b = await self.connect(gw, "Bob", room=r1)
+        c = await self.connect(gw, "Carol", room=r2)
+        await a.ok("join", room_id=r2)
+        left = await b.expect("player_left", player_id=a.player_id)
+        self.assertEqual(left["data"].get("player_name"), "Alice", brief(left))
+        self.assertEqual(left["data"].get("room_id"), r1, brief(left))
+        ent = await c.expect("player_entered", player_id=a.player_id)
+        self.assertEqual(ent["data"].get("player_name"), "Alice", brief(ent))
+        self.assertEqual(ent["data"].get("room_id"), r2, brief(ent))
+        # c (r2) must not see the player_left of r1, b (r1) must not see the player_entered of r2
+        await c.expect_none("player_left", within=0, player_id=a.player_id)
+        await b.expect_none("player_entered", within=0, player_id=a.player_id, room_id=r2)
+        # a now hears r2 and no longer r1
+        m1, m2 = "in r1 %s" % uid(), "in r2 %s" % uid()
+        await b.ok("say", content=m1)
+        await c.ok("say", content=m2)
+        await a.chat(m2)
+        await b.chat(m1)  # barrier: b's own echo
+        await a.expect_no_chat(m1)
+        # and r2 hears a; r1 does not
+        m3 = "a speaks %s" % uid()
+        await a.ok("say", content=m3)
+        await c.chat(m3)
+        await b.expect_no_chat(m3)
+
+    async def test_first_say_in_a_fresh_room(self):
+        # One gateway: the first say right after two players entered a room nobody was in must
+        # reach both (the join ack must not precede the gateway's room subscription on NATS).
+        self.settle_enabled = False
+        gw = gw_main()
+        lost = []
+        for i in range(ATTEMPTS):
+            room = uniq_room()
+            a = await self.connect(gw, "Alice", room=room)
+            b = await self.connect(gw, "Bob", room=room)
+            m = "first words %d %s" % (i, uid())
+            await a.ok("say", content=m)
+            try:
+                await b.chat(m, timeout=1.5)
+            except AssertionError:
+                lost.append(i)
+                if len(lost) >= 3:
+                    break
+            await a.close()
+            await b.close()
+        if lost:
+            self.fail("the first say in a fresh room was acked but lost: attempts %s (stopped after 3 losses; %d attempts at most)" % (lost, ATTEMPTS))
+
+    async def test_start_room_membership(self):
+        # After the welcome the player is in the start room: say there reaches others there.
+        gw = gw_main()
+        a = await self.connect(gw, "Alice")
+        b = await self.connect(gw, "Bob")
+        content = "start room %s" % uid()
+        await a.ok("say", content=content)
+        f = await b.chat(content)
+        self.assertEqual(f["data"].get("message"), "Alice says: %s" % content)
+
+    async def test_sequence_numbers_grow_by_one(self):
+        gw = gw_main()
+        room = uniq_room()
+        a = await self.connect(gw, "Alice", room=room)
+        b = await self.connect(gw, "Bob", room=room)
+        for i in range(3):
+            await a.ok("say", content="seq %d" % i)
+            await b.ok("emote", content="waves %d" % i)
+        await a.err("bad_request", "nonsense")
+        await a.ping()
+        await a.err("invalid_room", "join", room_id="a.b")
+        for i in range(3):
+            await a.chat("waves %d" % i)
+        for c in (a, b):
+            seqs = [f["sequence_number"] for f in c.frames]
+            self.assertGreaterEqual(len(seqs), 8 if c is a else 6, "%s frames: %s" % (c.label, seqs))
+            self.assertEqual(seqs, list(range(seqs[0], seqs[0] + len(seqs))),
+                             "%s sequence numbers must grow by one per frame" % c.label)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,95 @@
+# SPDX-License-Identifier: MIT
+"""Rate limits and configuration: rate_limited with retry_after_ms ([limits] say_per_minute = 2
+in a config file), the default say limit (15 per minute), --no-rate-limits, [gateway] start_room,
+[auth] jwt_secret_file, and an environment override (MUDBUS_LIMITS_EMOTE_MAX_CHARS)."""
+
+import os
+import unittest
+
+from harness import (SECRET, QUIET, Gateway, GatewayTestCase, brief, gw_main, shared, shared_nats, uid,
+                     uniq_room)
+
+CFG_SECRET = b"config-file-secret-for-mudbus-tests-0123456789"
+CFG_START = "earth_innsmouth_docks_pier"
+
+
+def gw_cfg():
+    def make():
+        gw = Gateway("cfg", [shared_nats().url], instance_id="gw-cfg", secret=None,
+                     env={"MUDBUS_LIMITS_EMOTE_MAX_CHARS": "10"})
+        sf = os.path.join(gw.dir, "jwt.secret")
+        with open(sf, "wb") as f:
+            f.write(CFG_SECRET + b"\n")
+        gw.config = {"gateway": {"start_room": CFG_START},
+                     "limits": {"say_per_minute": 2, "rate_limits": True},
+                     "auth": {"jwt_secret_file": sf}}
+        gw.secret = None
+        return gw.start()
+    return shared("gw-cfg", make)
+
+
+class LimitTests(GatewayTestCase):
+    async def connect_cfg(self, name, room=None):
+        gw = gw_cfg()
+        pid = uid(name.lower())
+        return await self.connect(gw, name, pid=pid, room=room, token=gw.token(pid, name, secret=CFG_SECRET))
+
+    async def test_rate_limited_with_retry_after(self):
+        room = uniq_room()
+        a = await self.connect_cfg("Alice", room)
+        b = await self.connect_cfg("Bob", room)
+        m = ["rl %d %s" % (i, uid()) for i in range(3)]
+        await a.ok("say", content=m[0])
+        await a.ok("say", content=m[1])
+        f = await a.err("rate_limited", "say", content=m[2])
+        ra = f["data"].get("retry_after_ms")
+        self.assertIsInstance(ra, int, "retry_after_ms: %s" % brief(f))
+        # 2 per minute: the next token is at most 30 s away
+        self.assertTrue(1 <= ra <= 30000, "retry_after_ms %r not in 1..30000" % ra)
+        await b.chat(m[0])
+        await b.chat(m[1])
+        await b.expect_no_chat(m[2])
+        # per channel and per player: emote and another player's say still pass
+        await a.ok("emote", content="waves")
+        await b.ok("say", content="bob %s" % uid())
+        await a.ping()
+
+    async def test_config_start_room_and_secret_file(self):
+        a = await self.connect_cfg("Alice")
+        self.assertEqual(a.welcome["data"].get("room_id"), CFG_START, brief(a.welcome))
+        self.assertEqual(a.welcome["data"].get("gateway"), "gw-cfg", brief(a.welcome))
+        # a token signed with another secret (the env secret of the other gateways) is refused
+        r = await self.raw(gw_cfg(), "/ws?token=" + gw_cfg().token(uid("x"), "X", secret=SECRET))
+        self.assertEqual(r.status, 401)
+
+    async def test_env_overrides_limit(self):
+        a = await self.connect_cfg("Alice")
+        await a.ok("emote", content="x" * 10)
+        await a.err("too_long", "emote", content="x" * 11)
+
+    async def test_default_say_rate_limit_is_15_per_minute(self):
+        a = await self.connect(gw_main(), "Alice", room=uniq_room())
+        for i in range(15):
+            await a.ok("say", content="burst %d" % i)
+        f = await a.err("rate_limited", "say", content="burst 15")
+        self.assertIsInstance(f["data"].get("retry_after_ms"), int, brief(f))
+        self.assertTrue(1 <= f["data"]["retry_after_ms"] <= 4000, brief(f))  # 15/min: a token every 4 s
+
+    async def test_no_rate_limits_flag(self):
+        def make():
+            return Gateway("norl", [shared_nats().url], no_rate_limits=True, instance_id="gw-norl").start()
+        gw = shared("gw-norl", make)
+        room = uniq_room()
+        a = await self.connect(gw, "Alice", room=room)
+        b = await self.connect(gw, "Bob", room=room)
+        ids = [await a.send_cmd("say", content="free %d" % i) for i in range(25)]
+        for cid in ids:
+            f = await a.reply(cid)
+            self.assertEqual(f["event_type"], "ack", brief(f))
+        for i in range(25):
+            await b.chat("free %d" % i)
+        await a.expect_none("error", within=QUIET)
+
+
+if __name__ == "__main__":
+    unittest.main()
