@@ -129,6 +129,10 @@ typedef struct mb_client_opts {
                                     * instead of one thread per subscription; use it with
                                     * many subscriptions (a gateway has one per player) and
                                     * in poll mode, where handlers only enqueue; default false */
+    bool send_asap;                /* publishes are written to the socket by the publishing
+                                    * thread at once (natsOptions_SetSendAsap) instead of by
+                                    * nats.c's flusher thread: lower latency, one write per
+                                    * publish; default false */
     size_t dispatch_queue_max;     /* poll mode: pending deliveries; default 65536; a delivery
                                     * that finds it full goes to the DLQ (MB_ELIMIT) */
     int sub_pending_msgs;          /* per subscription, in nats.c before the handler runs;

@@ -280,7 +280,7 @@ void gw_outq_pop(gw_outq *q)
     q->count--;
     q->bytes -= f->len;
     gw_frame_unref(f);
-    if (!q->count && q->cap > 64) { /* give back a ring a burst grew */
+    if (!q->count) { /* an idle connection holds no ring */
         free(q->ring);
         q->ring = NULL;
         q->cap = q->head = 0;

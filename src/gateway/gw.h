@@ -163,7 +163,7 @@ typedef struct gw_stats {
     mb_counter *msgs_in[GW_CH__COUNT];        /* chat commands accepted, by channel */
     mb_counter *cmd_errors[GW_ERR__COUNT];
     mb_counter *drops, *oversize, *slow_closes, *conns_total, *auth_refused, *nats_in;
-    mb_gauge *conns, *rooms, *subs, *queued_frames, *work_queue;
+    mb_gauge *conns, *rooms, *subs, *queued_frames, *work_queue, *heap;
 } gw_stats;
 
 struct gw {

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <libwebsockets.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -194,6 +195,25 @@ static bool wbuf_reserve(size_t n)
 
 #define WRITE_BATCH_BYTES 65536
 
+/* Send pre-framed bytes on the socket ourselves; what the kernel does not
+ * take goes to libwebsockets (lws_write raw), which holds it, sends it before
+ * anything else (its own pongs and close frames included) and then reports
+ * the socket writeable. Writing through lws_write every time would cost two
+ * epoll changes per write: libwebsockets 4.1 asks for POLLOUT after each. */
+static int send_frames(struct lws *wsi, uint8_t *p, size_t len)
+{
+    int fd = (int)lws_get_socket_fd(wsi);
+    ssize_t n = fd >= 0 ? send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT) : -1;
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return -1;
+        n = 0;
+    }
+    if ((size_t)n == len)
+        return 0;
+    return lws_write(wsi, p + n, len - (size_t)n, LWS_WRITE_RAW) < 0 ? -1 : 0;
+}
+
 /* Write queued frames: several frames per send (pre-framed, written raw),
  * until the queue is empty or the kernel did not take everything (then
  * libwebsockets holds the rest and reports the socket writeable once it has
@@ -239,7 +259,7 @@ static int write_queue(gw *g, gw_sess *s)
             gw_outq_pop(&s->q);
             mb_counter_add(g->st.frames_out[GW_CH__COUNT], 1);
         }
-        if (lws_write(s->wsi, wbuf + LWS_PRE, used - LWS_PRE, LWS_WRITE_RAW) < 0)
+        if (send_frames(s->wsi, wbuf + LWS_PRE, used - LWS_PRE) < 0)
             return -1;
     }
     if (s->q.count)
@@ -357,6 +377,8 @@ static void stats_refresh(gw *g)
     for (gw_sess *s = g->all; s; s = s->all_next)
         queued += s->q.count;
     mb_gauge_set(g->st.queued_frames, queued);
+    struct mallinfo2 mi = mallinfo2();
+    mb_gauge_set(g->st.heap, (int64_t)mi.uordblks);
     mb_gauge_set(g->st.work_queue, (int64_t)gw_work_depth(g->work));
 }
 
@@ -635,9 +657,12 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     }
 }
 
+/* The WebSocket protocol's rx_buffer_size is allocated for every connection:
+ * 128 bytes keeps an idle connection small (commands are short; a longer
+ * message arrives in 128-byte pieces and is assembled in on_receive). */
 static const struct lws_protocols protocols[] = {
     {"http", callback, sizeof(struct pss), 1024, 0, NULL, 0},
-    {"mudbus.v1", callback, sizeof(struct pss), 256, 0, NULL, 0},
+    {"mudbus.v1", callback, sizeof(struct pss), 128, 0, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0}};
 
 /* ---- NATS on the loop ---- */
@@ -792,7 +817,10 @@ static bool stats_create(gw *g)
            mb_metrics_gauge(m, "mudbus_gateway_queued_frames", "Frames waiting in outbound queues",
                             NULL, &st->queued_frames, &err) == MB_OK &&
            mb_metrics_gauge(m, "mudbus_gateway_work_queue", "Jobs waiting for a worker thread",
-                            NULL, &st->work_queue, &err) == MB_OK;
+                            NULL, &st->work_queue, &err) == MB_OK &&
+           mb_metrics_gauge(m, "mudbus_gateway_heap_bytes",
+                            "Heap bytes in use (glibc mallinfo2 uordblks)", NULL, &st->heap,
+                            &err) == MB_OK;
 }
 
 /* ---- run ---- */
@@ -845,6 +873,7 @@ int gw_server_run(gw_config *cfg)
     mb_client_opts *no = &cfg->nats;
     no->poll_mode = true;
     no->shared_delivery = true;
+    no->send_asap = true;
     no->start_disconnected = true;
     no->metrics = g->metrics;
     no->log = nats_log;

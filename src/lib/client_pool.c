@@ -135,6 +135,8 @@ static mb_status build_opts(mb_client *c, mb__conn *k, natsOptions **out, mb_err
                "nkey_seed_file");
     if (o->auth.creds_file)
         NC_TRY(natsOptions_SetUserCredentialsFromFiles(no, o->auth.creds_file, NULL), "creds_file");
+    if (o->send_asap)
+        NC_TRY(natsOptions_SetSendAsap(no, true), "send_asap");
     if (o->shared_delivery)
         NC_TRY(natsOptions_UseGlobalMessageDelivery(no, true), "shared_delivery");
     mb__events_set_callbacks(k, no);
