@@ -411,6 +411,14 @@ static void join_cmd(gw *g, gw_sess *s, const gw_cmd *c)
         send_ack(g, s, c->id, NULL);
         return;
     }
+    uint64_t retry = 0;
+    if (g->cfg->rate_limits &&
+        !gw_bucket_take(&s->pe->join_bucket, g->cfg->join_per_minute, gw_now_mono_ms(g), &retry)) {
+        char m[GW_ERR_MSG_MAX];
+        snprintf(m, sizeof m, "join: at most %u per minute", g->cfg->join_per_minute);
+        gw_send_error(g, s, c->id, GW_ERR_RATE_LIMITED, m, retry);
+        return;
+    }
     if (!nats_up(g)) {
         gw_send_error(g, s, c->id, GW_ERR_UNAVAILABLE, "NATS is down: cannot change rooms now", 0);
         return;
@@ -558,6 +566,7 @@ typedef struct fanout {
     const char *target_id; /* chat.system for one player */
     gw_chan ch;
     bool filtered; /* receiver-side filtering applies */
+    bool event;    /* a game event (metrics) */
 } fanout;
 
 static void deliver(fanout *fo, gw_sess *s)
@@ -568,6 +577,7 @@ static void deliver(fanout *fo, gw_sess *s)
     if (fo->filtered && !own && !gw_filter_allows(fo->g, s, fo->sender_id, fo->ch))
         return;
     gw_send(s, own && fo->echo ? fo->echo : fo->f);
+    mb_counter_add(fo->g->st.msgs_out[fo->event ? GW_CH__COUNT : fo->ch], 1);
 }
 
 static void deliver_room(fanout *fo, gw_room *r)
@@ -701,7 +711,7 @@ static void on_event(gw *g, const mb_msg *m, json_t *o)
                b->len);
         return;
     }
-    fanout fo = {.g = g, .sender_id = NULL, .ch = GW_CH_SAY, .filtered = false};
+    fanout fo = {.g = g, .sender_id = NULL, .ch = GW_CH_SAY, .filtered = false, .event = true};
     if (!b->oom && (fo.f = gw_frame_new(b->p, b->len, GW_AMBIENT)))
         fan_out(g, m, &fo);
     gw_frame_unref(fo.f);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "gw.h"
@@ -40,7 +41,7 @@ static void usage(FILE *f)
                "  --listen HOST:PORT     [gateway] listen (default 127.0.0.1:8080; port 0: any)\n"
                "  --nats URL[,URL...]    [nats] servers (default nats://127.0.0.1:4222)\n"
                "  --web-root DIR         [gateway] web_root: the browser client's files\n"
-               "  --instance-id ID       [gateway] instance_id (default gw-HOST-PID)\n"
+               "  --instance-id ID       [gateway] instance_id (default gw-HOST-PID-RANDOM)\n"
                "  --port-file FILE       write the listening port here once listening\n"
                "  --dev-login            [auth] dev_login = on (issues tokens to anyone: never in\n"
                "                         production)\n"
@@ -181,8 +182,15 @@ int gw_config_load(gw_config *c, int argc, char **argv, char **envp)
     for (char *p = host; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')))
             *p = '-';
+    /* Unique across restarts too: the pid may come back, the random part not. */
+    uint32_t rnd = 0;
+    FILE *ur = fopen("/dev/urandom", "rb");
+    if (!ur || fread(&rnd, sizeof rnd, 1, ur) != 1)
+        rnd = (uint32_t)time(NULL) ^ (uint32_t)getpid();
+    if (ur)
+        fclose(ur);
     char defid[128];
-    snprintf(defid, sizeof defid, "gw-%s-%ld", host, (long)getpid());
+    snprintf(defid, sizeof defid, "gw-%s-%ld-%04x", host, (long)getpid(), rnd & 0xffff);
     c->instance_id = strdup(inst ? inst : mb_config_get_str(cfg, "gateway", "instance_id", defid));
     c->start_room =
         strdup(mb_config_get_str(cfg, "gateway", "start_room", "earth_arkham_city_square"));
@@ -256,7 +264,7 @@ int gw_config_load(gw_config *c, int argc, char **argv, char **envp)
         GW_CHANNELS(GW_X)
 #undef GW_X
     };
-    const char *limit_keys[2 * GW_CH__COUNT + 2];
+    const char *limit_keys[2 * GW_CH__COUNT + 3];
     static char names[2 * GW_CH__COUNT][32];
     size_t nk = 0;
     limit_keys[nk++] = "rate_limits";
@@ -274,7 +282,11 @@ int gw_config_load(gw_config *c, int argc, char **argv, char **envp)
             return fail("limits", err.msg);
         c->max_chars[i] = (uint32_t)v;
     }
+    limit_keys[nk++] = "join_per_minute";
     limit_keys[nk] = NULL;
+    if (mb_config_get_u64(cfg, "limits", "join_per_minute", 30, 0, 1000000, &v, &err) != MB_OK)
+        return fail("limits", err.msg);
+    c->join_per_minute = (uint32_t)v;
     if (mb_config_check_keys(cfg, "limits", limit_keys, &err) != MB_OK)
         return fail("config", err.msg);
 

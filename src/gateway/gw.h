@@ -78,6 +78,7 @@ typedef struct gw_config {
     bool rate_limits;
     uint32_t max_chars[GW_CH__COUNT];
     uint32_t per_minute[GW_CH__COUNT];
+    uint32_t join_per_minute; /* joins publish presence events: limited too */
     /* [nats] */
     mb_client_opts nats;
     struct mb_config *cfg;                      /* keeps the strings nats points to alive */
@@ -129,6 +130,7 @@ typedef struct gw_pent { /* a player with a session here (or who had one: see go
                        * "not delivered" at once instead of timing out */
     mb_sub_id sub;    /* chat.whisper.player.{id} */
     gw_bucket buckets[GW_CH__COUNT];
+    gw_bucket join_bucket;
 } gw_pent;
 
 struct gw_sess {
@@ -159,8 +161,9 @@ struct gw_sess {
 
 /* ---- metrics ---- */
 typedef struct gw_stats {
-    mb_counter *frames_out[GW_CH__COUNT + 1]; /* by channel; the last: everything else */
-    mb_counter *msgs_in[GW_CH__COUNT];        /* chat commands accepted, by channel */
+    mb_counter *frames_out;                 /* frames written, all kinds */
+    mb_counter *msgs_out[GW_CH__COUNT + 1]; /* deliveries queued, by channel; the last: events */
+    mb_counter *msgs_in[GW_CH__COUNT];      /* chat commands accepted, by channel */
     mb_counter *cmd_errors[GW_ERR__COUNT];
     mb_counter *drops, *oversize, *slow_closes, *conns_total, *auth_refused, *nats_in;
     mb_gauge *conns, *rooms, *subs, *queued_frames, *work_queue, *heap;

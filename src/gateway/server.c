@@ -257,7 +257,7 @@ static int write_queue(gw *g, gw_sess *s)
             memcpy(wbuf + used, h, hl);
             used += hl + n;
             gw_outq_pop(&s->q);
-            mb_counter_add(g->st.frames_out[GW_CH__COUNT], 1);
+            mb_counter_add(g->st.frames_out, 1);
         }
         if (send_frames(s->wsi, wbuf + LWS_PRE, used - LWS_PRE) < 0)
             return -1;
@@ -774,11 +774,15 @@ static bool stats_create(gw *g)
     mb_err err;
     char lab[64];
     gw_stats *st = &g->st;
+    if (mb_metrics_counter(m, "mudbus_gateway_frames_out_total",
+                           "Frames written to WebSocket clients (all kinds)", NULL, &st->frames_out,
+                           &err) != MB_OK)
+        return false;
     for (int i = 0; i <= GW_CH__COUNT; i++) {
-        snprintf(lab, sizeof lab, "channel=\"%s\"", i < GW_CH__COUNT ? gw_chan_names[i] : "all");
-        if (i == GW_CH__COUNT && mb_metrics_counter(m, "mudbus_gateway_frames_out_total",
-                                                    "Frames written to WebSocket clients", NULL,
-                                                    &st->frames_out[i], &err) != MB_OK)
+        snprintf(lab, sizeof lab, "channel=\"%s\"", i < GW_CH__COUNT ? gw_chan_names[i] : "event");
+        if (mb_metrics_counter(m, "mudbus_gateway_messages_out_total",
+                               "Chat messages and game events queued to players, by channel", lab,
+                               &st->msgs_out[i], &err) != MB_OK)
             return false;
         if (i < GW_CH__COUNT && mb_metrics_counter(m, "mudbus_gateway_messages_in_total",
                                                    "Chat commands accepted and published", lab,

@@ -997,11 +997,16 @@ class GatewayTestCase(unittest.IsolatedAsyncioTestCase):
 
 
 # the shared gateways (on the shared nats-server)
+# The race tests join dozens of times a minute: the join limit (default 30) is raised here and
+# tested on its own gateway in test_limits.
+RACE_ENV = {"MUDBUS_LIMITS_JOIN_PER_MINUTE": "100000"}
+
+
 def gw_main():
-    """Default limits, --dev-login, instance id gw-main."""
-    return shared_gateway("main", instance_id="gw-main", dev_login=True)
+    """Default limits (joins excepted), --dev-login, instance id gw-main."""
+    return shared_gateway("main", instance_id="gw-main", dev_login=True, env=RACE_ENV)
 
 
 def gw_b():
     """A second gateway on the same NATS, without --dev-login, instance id gw-b."""
-    return shared_gateway("b", instance_id="gw-b")
+    return shared_gateway("b", instance_id="gw-b", env=RACE_ENV)

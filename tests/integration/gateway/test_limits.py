@@ -21,7 +21,7 @@ def gw_cfg():
         with open(sf, "wb") as f:
             f.write(CFG_SECRET + b"\n")
         gw.config = {"gateway": {"start_room": CFG_START},
-                     "limits": {"say_per_minute": 2, "rate_limits": True},
+                     "limits": {"say_per_minute": 2, "join_per_minute": 3, "rate_limits": True},
                      "auth": {"jwt_secret_file": sf}}
         gw.secret = None
         return gw.start()
@@ -33,6 +33,16 @@ class LimitTests(GatewayTestCase):
         gw = gw_cfg()
         pid = uid(name.lower())
         return await self.connect(gw, name, pid=pid, room=room, token=gw.token(pid, name, secret=CFG_SECRET))
+
+    async def test_join_rate_limited(self):
+        a = await self.connect_cfg("Alice")
+        for i in range(3):
+            await a.ok("join", room_id=uniq_room())
+        f = await a.err("rate_limited", "join", room_id=uniq_room())
+        ra = f["data"].get("retry_after_ms")
+        self.assertIsInstance(ra, int, "retry_after_ms: %s" % brief(f))
+        self.assertTrue(1 <= ra <= 20000, "retry_after_ms %r not in 1..20000" % ra)
+        self.assertIn("join", f["data"]["message"], brief(f))
 
     async def test_rate_limited_with_retry_after(self):
         room = uniq_room()
