@@ -609,18 +609,26 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return on_http(g, wsi, ps, uri);
     }
     case LWS_CALLBACK_HTTP_BODY:
-        if (ps->body_len + len > 4096)
+        if (ps->body_len + len > 4096) {
+            free(ps->body); /* before the reply: it frees *ps */
+            ps->body = NULL;
+            ps->body_len = 0;
             return http_json_error(wsi, 413, "body too large");
+        }
         if (!ps->body && !(ps->body = malloc(4096)))
             return -1;
         memcpy(ps->body + ps->body_len, in, len);
         ps->body_len += len;
         return 0;
     case LWS_CALLBACK_HTTP_BODY_COMPLETION: {
-        int r = dev_login(g, wsi, ps->body ? ps->body : "", ps->body_len);
-        free(ps->body);
+        /* Take the body out first: the reply completes the transaction, and
+         * libwebsockets frees *ps with it. */
+        char *body = ps->body;
+        size_t body_len = ps->body_len;
         ps->body = NULL;
         ps->body_len = 0;
+        int r = dev_login(g, wsi, body ? body : "", body_len);
+        free(body);
         return r;
     }
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:

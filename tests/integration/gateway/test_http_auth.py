@@ -2,6 +2,7 @@
 """HTTP endpoints (/healthz, /readyz, /metrics, /auth/dev-login) and token refusals (401 before
 the upgrade), plus start-up refusal of a short secret."""
 
+import asyncio
 import json
 import os
 import re
@@ -11,7 +12,7 @@ import unittest
 import websockets
 import websockets.exceptions
 
-from harness import (START_ROOM, Client, Gateway, GatewayTestCase, ahttp, brief, gw_b,
+from harness import (SCALE, START_ROOM, Client, Gateway, GatewayTestCase, ahttp, brief, gw_b,
                      gw_main, mint, shared_nats, uid)
 
 SAMPLE_RE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? (-?[0-9.eE+-]+|NaN|\+Inf|-Inf)( -?[0-9]+)?$')
@@ -68,6 +69,36 @@ class HttpTests(GatewayTestCase):
         self.assertEqual(c.welcome["data"].get("room_id"), START_ROOM)
         # a dev-login token is an ordinary player token: no admin rights
         await c.err("forbidden", "system", content="dev-login is not admin")
+
+    async def test_dev_login_many_on_one_connection(self):
+        """Repeated logins on one keep-alive connection, an oversized body and a bad body:
+        the gateway answers each and stays up (this once freed the request state too early)."""
+        import http.client
+
+        gw = gw_main()
+
+        def run():
+            conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5 * SCALE)
+            statuses = []
+            for i in range(20):
+                conn.request("POST", "/auth/dev-login", body=json.dumps({"name": "Keep%d" % i}),
+                             headers={"Content-Type": "application/json"})
+                r = conn.getresponse()
+                data = r.read()
+                statuses.append(r.status)
+                if r.status == 200:
+                    self.assertIn("token", json.loads(data))
+            conn.close()
+            big = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5 * SCALE)
+            big.request("POST", "/auth/dev-login", body="a" * 5000)
+            statuses.append(big.getresponse().status)
+            big.close()
+            return statuses
+
+        statuses = await asyncio.get_running_loop().run_in_executor(None, run)
+        self.assertEqual(statuses, [200] * 20 + [413], statuses)
+        st, _, body = await ahttp(gw.port, "GET", "/healthz")
+        self.assertEqual(st, 200, body)
 
     async def test_dev_login_disabled_is_404(self):
         st, _, body = await ahttp(gw_b().port, "POST", "/auth/dev-login", body={"name": "Alice"})
