@@ -27,7 +27,8 @@
  * each path, which does not depend on the server's speed.
  *
  * Usage: bench_client   (MB_BENCH_RUNS=N, MB_BENCH_QUICK=1 for a short run,
- *                        MB_BENCH_N=messages per phase)
+ *                        MB_BENCH_N=messages per phase, MB_BENCH_PHASE=raw,
+ *                        typed or bytes: that phase alone, for a profiler)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,7 +86,8 @@ static const char *const phase_name[PH_COUNT] = {"raw_nats", "mudbus_typed", "mu
 static void build_subject(ctx *x, char *subj, size_t cap)
 {
     mb_subject_param p = {"room_id", ROOM};
-    mb_err err = {0};
+    mb_err err; /* cleared, not = {0}: 260 zeroed bytes per message are the harness's cost */
+    mb_err_clear(&err);
     if (mb_subject_build(x->subjects, "chat_say_room", &p, 1, subj, cap, NULL, NULL, &err) != MB_OK)
         die("mb_subject_build", err.msg);
 }
@@ -231,6 +233,31 @@ int main(void)
     printf("  nothing subscribes: the server parses and drops each message; its CPU use per "
            "phase is shown (near 100%% = server-bound)%s\n",
            bu_quick() ? "; quick mode: phases are too short for meaningful CPU figures" : "");
+
+    /* One phase alone (for `perf record`): its rate and CPU per run. */
+    const char *only = getenv("MB_BENCH_PHASE");
+    if (only && *only) {
+        static const char *const short_name[PH_COUNT] = {"raw", "typed", "bytes"};
+        int p = 0;
+        while (p < PH_COUNT && strcmp(short_name[p], only) != 0)
+            p++;
+        if (p == PH_COUNT)
+            die("MB_BENCH_PHASE", "not raw, typed or bytes");
+        run_phase(&x, (phase)p, n / 10 + 1);
+        for (int r = 0; r < runs; r++) {
+            sample sm = run_phase(&x, (phase)p, n);
+            printf("  run %d: %s %.0f msg/s (server cpu %.0f%%, client cpu %.0f%%, %.0f ns/msg)\n",
+                   r + 1, phase_name[p], sm.rate, sm.server_cpu * 100, sm.client_cpu * 100,
+                   sm.client_cpu * 1e9 / sm.rate);
+        }
+        mb_client_destroy(x.client);
+        natsConnection_Destroy(x.raw);
+        mb_subject_registry_destroy(x.subjects);
+        mb_metrics_destroy(metrics);
+        natsrv_destroy(x.srv);
+        nats_CloseAndWait(5000);
+        return 0;
+    }
 
     /* Warm up every path (connections, caches, nats.c buffers). */
     for (int p = 0; p < PH_COUNT; p++)

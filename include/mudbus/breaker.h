@@ -29,7 +29,9 @@
  *
  * Time-driven changes (OPEN -> HALF_OPEN, an expired probe round) happen when
  * the breaker is next used or observed, on the caller's thread: there is no
- * timer thread. Time is read from the injected monotonic clock only.
+ * timer thread. Time is read from the injected monotonic clock only (for
+ * mb_clock_system(), its coarse variant, CLOCK_MONOTONIC_COARSE, when that
+ * resolution is below 1/64 of slow_call_ms).
  *
  * Every acquire hands out a ticket that remembers when the call started and
  * the breaker's state generation, which changes with every state change and
@@ -39,7 +41,10 @@
  *
  * Costs: acquire and record are O(1) under one mutex (a TIME window also
  * expires the buckets of the seconds that passed, amortised O(1)); the window
- * keeps running totals, so a stats snapshot is O(1). Memory: one byte per
+ * keeps running totals, so a stats snapshot is O(1). While CLOSED with a
+ * COUNT window and no success could trip it, acquire and the record of a
+ * success that is not slow take no lock (one atomic compare-and-swap; the
+ * next locked call folds them into the window, with the same results). Memory: one byte per
  * call of a COUNT window, 12 bytes per second of a TIME window.
  *
  * Threads: every function may be called from any thread at once, except that

@@ -134,6 +134,11 @@ bool mb_retry_budget_acquire(mb_retry_budget *b, mb_status failure);
 /* Return success_refund tokens after a success, up to max_tokens. */
 void mb_retry_budget_success(mb_retry_budget *b);
 
+/* Give back what mb_retry_budget_acquire took for `failure`, up to
+ * max_tokens, when the retry it paid for cannot take place after all (e.g.
+ * the retry could not be queued). granted_total keeps the grant. */
+void mb_retry_budget_refund(mb_retry_budget *b, mb_status failure);
+
 /* Current tokens, and the counts so far. */
 uint32_t mb_retry_budget_tokens(const mb_retry_budget *b);
 uint64_t mb_retry_budget_granted(const mb_retry_budget *b);

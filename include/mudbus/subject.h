@@ -15,9 +15,11 @@
  *
  * Checking a publish subject matches it against a compiled token trie of all
  * patterns: cost grows with the number of tokens of the subject and the
- * patterns, never with the number of distinct subjects seen (there is no
- * cache). When several patterns match a subject, the most specific one wins:
- * at the first token where they differ, a literal beats a placeholder.
+ * patterns, never with the number of distinct subjects seen (each thread
+ * remembers only its last subject, checked or built, so that checking it
+ * again is one comparison). When several patterns match a subject, the most
+ * specific one wins: at the first token where they differ, a literal beats a
+ * placeholder.
  *
  * Threads: every function may be called from any thread at once, including
  * mb_subject_register concurrently with lookups. Lookups read an immutable

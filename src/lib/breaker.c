@@ -19,7 +19,25 @@
  * call. State changes are collected in a small `pending` list while the lock
  * is held and handed to the listener after it is released, so the listener
  * may call back into the breaker. Metrics are relaxed atomics, updated under
- * the lock so that they move in step with the state.
+ * the lock so that they move in step with the state (except calls_total's
+ * counter, which the fast path below adds to at once).
+ *
+ * Fast path. While CLOSED with a COUNT window, in the common case no
+ * success can trip the breaker: once the window holds min_calls calls, a
+ * success only lowers the rates; below that, the trip could only come at
+ * min_calls with the failures already in the window, which is known now.
+ * Then `fast` holds the generation (and is 0 otherwise, and while the lock
+ * is held): acquire takes no lock, and a success that is not slow, on a
+ * ticket of that generation, is only counted in `fast` (one compare-and-swap)
+ * and folded into the window by the next call that takes the lock (fold(),
+ * before anything else; at most FAST_FOLD_AT successes wait). Successes are
+ * folded in a batch, which is the order in which they would have been
+ * recorded had each taken the lock at the moment of its fold, so every
+ * observation (stats, trips, the window) is exactly that of the locked path.
+ * With the system clock the breaker reads CLOCK_MONOTONIC_COARSE (a few ns
+ * instead of a few tens) when its resolution is below 1/64 of slow_call_ms
+ * (4 ms against the default 1000 ms); all its readings come from that one
+ * source.
  *
  * Workload: one acquire and one record per call to the dependency (every NATS
  * publish or request of a client), from many threads; stats from a metrics
@@ -28,10 +46,12 @@
 #include "mudbus/breaker.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "alloc.h"
 #include "metrics_int.h"
@@ -46,6 +66,12 @@
 /* Outcome bits of one call in a COUNT window. */
 #define BIT_FAIL 1u
 #define BIT_SLOW 2u
+
+/* The fast word: generation << FAST_SHIFT | successes not folded yet. */
+#define FAST_SHIFT   24
+#define FAST_COUNT   ((UINT64_C(1) << FAST_SHIFT) - 1)
+#define FAST_FOLD_AT (UINT64_C(1) << 16) /* bounds the work of one fold */
+#define FAST_GEN_MAX (UINT64_MAX >> FAST_SHIFT)
 
 /* More changes than one call can make: tick() makes at most one, the call
  * itself at most one more. */
@@ -84,11 +110,14 @@ struct mb_breaker {
     uint32_t quota;
     uint64_t max_wait_ns;
     const mb_clock *clock;
+    bool coarse; /* read CLOCK_MONOTONIC_COARSE instead of `clock` */
     mb_breaker_listener_fn listener;
     void *listener_ctx;
 
     mb_breaker_state state;
     uint64_t gen;
+    /* The fast path (see the top): 0 or gen << FAST_SHIFT | successes. */
+    _Atomic uint64_t fast;
 
     /* Window. */
     uint8_t *ring; /* COUNT */
@@ -125,6 +154,16 @@ const char *mb_breaker_state_name(mb_breaker_state s)
 }
 
 /* ---- helpers ---- */
+
+static inline uint64_t now_ns(const mb_breaker *b)
+{
+    if (b->coarse) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        return (uint64_t)ts.tv_sec * NS_PER_SEC + (uint64_t)ts.tv_nsec;
+    }
+    return mb_clock_mono_ns(b->clock);
+}
 
 static inline void count(mb_counter *c, uint64_t n)
 {
@@ -198,6 +237,22 @@ static void window_add(mb_breaker *b, bool failed, bool slow)
     b->w_slow += slow;
 }
 
+/* Add k successes that are not slow to a COUNT window: as k calls of
+ * window_add, in O(min(k, window_size)). */
+static void window_add_ok(mb_breaker *b, uint64_t k)
+{
+    if (k < b->window_size) {
+        while (k-- > 0)
+            window_add(b, false, false);
+        return;
+    }
+    memset(b->ring, 0, b->window_size);
+    b->ring_n = b->window_size;
+    b->ring_pos = (uint32_t)((b->ring_pos + k) % b->window_size);
+    b->w_calls = b->window_size;
+    b->w_failures = b->w_slow = 0;
+}
+
 /* ---- state changes ---- */
 
 static void set_state(mb_breaker *b, mb_breaker_state to, uint64_t now, pending *p)
@@ -248,6 +303,47 @@ static void tick(mb_breaker *b, uint64_t now, pending *p)
     else if (b->state == MB_BREAKER_HALF_OPEN && b->ho_admitted > b->ho_done &&
              now >= b->ho_deadline_ns)
         trip(b, now, p);
+}
+
+/* Whether successes alone cannot trip the breaker now (see the top): the
+ * fast path may count them. */
+static bool fast_ok(const mb_breaker *b)
+{
+    if (b->state != MB_BREAKER_CLOSED || b->window != MB_BREAKER_WINDOW_COUNT ||
+        b->gen > FAST_GEN_MAX)
+        return false;
+    uint64_t n = b->w_calls > b->min_calls ? b->w_calls : b->min_calls;
+    return !reaches(b->failure_pct, b->w_failures, n) && !reaches(b->slow_pct, b->w_slow, n);
+}
+
+/* With the lock held: stop the fast path and fold the successes it counted.
+ * They were counted in this generation, in CLOSED, while fast_ok() held, so
+ * they cannot trip the breaker; m_calls has them already. */
+static void fold(mb_breaker *b)
+{
+    uint64_t k = atomic_exchange_explicit(&b->fast, 0, memory_order_relaxed) & FAST_COUNT;
+    if (k != 0) {
+        window_add_ok(b, k);
+        b->calls_total += k;
+    }
+}
+
+/* Take the lock, fold, read the clock and apply what time changed. Returns
+ * the time read. */
+static uint64_t enter(mb_breaker *b, pending *p)
+{
+    pthread_mutex_lock(&b->lock);
+    fold(b);
+    uint64_t now = now_ns(b);
+    tick(b, now, p);
+    return now;
+}
+
+/* Release the lock, opening the fast path again if it applies. */
+static void leave(mb_breaker *b)
+{
+    atomic_store_explicit(&b->fast, fast_ok(b) ? b->gen << FAST_SHIFT : 0, memory_order_relaxed);
+    pthread_mutex_unlock(&b->lock);
 }
 
 static void notify(mb_breaker *b, const pending *p)
@@ -352,6 +448,9 @@ static mb_status resolve_opts(mb_breaker *b, const mb_breaker_opts *o, mb_err *e
         return mb_err_set(err, MB_EINVAL, "breaker %s: half_open_max_wait_ms too large", b->name);
     b->max_wait_ns = wait_ms * NS_PER_MS;
     b->clock = o->clock != NULL ? o->clock : mb_clock_system();
+    struct timespec res;
+    b->coarse = b->clock == mb_clock_system() && clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0 &&
+                res.tv_sec == 0 && (uint64_t)res.tv_nsec * 64 <= b->slow_ns;
     b->listener = o->listener;
     b->listener_ctx = o->listener_ctx;
     return MB_OK;
@@ -397,7 +496,8 @@ mb_status mb_breaker_create(const mb_breaker_opts *opts, mb_breaker **out, mb_er
     b->state = MB_BREAKER_CLOSED;
     b->gen = 1;
     b->cur_open_ms = b->open_ms;
-    b->t0_ns = mb_clock_mono_ns(b->clock);
+    b->t0_ns = now_ns(b);
+    atomic_init(&b->fast, fast_ok(b) ? b->gen << FAST_SHIFT : 0);
     pthread_mutex_init(&b->lock, NULL);
     *out = b;
     return MB_OK;
@@ -417,11 +517,16 @@ void mb_breaker_destroy(mb_breaker *b)
 
 mb_status mb_breaker_acquire(mb_breaker *b, mb_breaker_ticket *t)
 {
+    /* CLOSED with a COUNT window: nothing but the ticket to do. */
+    uint64_t f = atomic_load_explicit(&b->fast, memory_order_relaxed);
+    if (f != 0) {
+        t->opaque[0] = now_ns(b);
+        t->opaque[1] = f >> FAST_SHIFT;
+        return MB_OK;
+    }
     pending p = {.n = 0};
     bool ok;
-    pthread_mutex_lock(&b->lock);
-    uint64_t now = mb_clock_mono_ns(b->clock);
-    tick(b, now, &p);
+    uint64_t now = enter(b, &p);
     switch (b->state) {
     case MB_BREAKER_CLOSED:
     case MB_BREAKER_DISABLED:
@@ -449,7 +554,7 @@ mb_status mb_breaker_acquire(mb_breaker *b, mb_breaker_ticket *t)
         b->rejected_total++;
         count(b->m_rejected, 1);
     }
-    pthread_mutex_unlock(&b->lock);
+    leave(b);
     notify(b, &p);
     return ok ? MB_OK : MB_EBREAKER;
 }
@@ -467,16 +572,40 @@ static void count_outcome(mb_breaker *b, bool failed, bool slow)
         count(b->m_slow, 1);
 }
 
+/* The fast path of a record (see the top): true if the outcome was counted. */
+static bool record_fast(mb_breaker *b, const mb_breaker_ticket *t, mb_breaker_outcome o,
+                        bool have_duration, uint64_t duration_ns)
+{
+    uint64_t f = atomic_load_explicit(&b->fast, memory_order_relaxed);
+    if (o != MB_BREAKER_SUCCESS || f == 0 || f >> FAST_SHIFT != t->opaque[1])
+        return false;
+    if (!have_duration) {
+        uint64_t now = now_ns(b);
+        duration_ns = now >= t->opaque[0] ? now - t->opaque[0] : 0;
+    }
+    if (duration_ns > b->slow_ns)
+        return false;
+    for (;;) {
+        if (f == 0 || f >> FAST_SHIFT != t->opaque[1] || (f & FAST_COUNT) >= FAST_FOLD_AT)
+            return false;
+        if (atomic_compare_exchange_weak_explicit(&b->fast, &f, f + 1, memory_order_relaxed,
+                                                  memory_order_relaxed))
+            break;
+    }
+    count(b->m_calls, 1);
+    return true;
+}
+
 static void record_at(mb_breaker *b, const mb_breaker_ticket *t, mb_breaker_outcome o,
                       bool have_duration, uint64_t duration_ns)
 {
     /* Generation 0: a zeroed ticket or that of a rejected call. */
     if (b == NULL || t == NULL || t->opaque[1] == 0)
         return;
+    if (record_fast(b, t, o, have_duration, duration_ns))
+        return;
     pending p = {.n = 0};
-    pthread_mutex_lock(&b->lock);
-    uint64_t now = mb_clock_mono_ns(b->clock);
-    tick(b, now, &p);
+    uint64_t now = enter(b, &p);
     if (!have_duration)
         duration_ns = now >= t->opaque[0] ? now - t->opaque[0] : 0;
     bool failed = o == MB_BREAKER_FAILURE;
@@ -516,7 +645,7 @@ static void record_at(mb_breaker *b, const mb_breaker_ticket *t, mb_breaker_outc
         }
     }
     /* DISABLED records nothing; OPEN and FORCED_OPEN issue no tickets. */
-    pthread_mutex_unlock(&b->lock);
+    leave(b);
     notify(b, &p);
 }
 
@@ -537,14 +666,15 @@ static void operate(mb_breaker *b, mb_breaker_state to)
 {
     pending p = {.n = 0};
     pthread_mutex_lock(&b->lock);
-    uint64_t now = mb_clock_mono_ns(b->clock);
+    fold(b); /* no tick: the operator decides */
+    uint64_t now = now_ns(b);
     if (to == MB_BREAKER_CLOSED) {
         window_advance(b, now);
         set_state(b, MB_BREAKER_CLOSED, now, &p); /* clears the window even when closed */
     } else {
         set_state(b, to, now, &p);
     }
-    pthread_mutex_unlock(&b->lock);
+    leave(b);
     notify(b, &p);
 }
 
@@ -566,10 +696,9 @@ void mb_breaker_reset(mb_breaker *b)
 mb_breaker_state mb_breaker_state_get(mb_breaker *b)
 {
     pending p = {.n = 0};
-    pthread_mutex_lock(&b->lock);
-    tick(b, mb_clock_mono_ns(b->clock), &p);
+    enter(b, &p);
     mb_breaker_state s = b->state;
-    pthread_mutex_unlock(&b->lock);
+    leave(b);
     notify(b, &p);
     return s;
 }
@@ -577,9 +706,7 @@ mb_breaker_state mb_breaker_state_get(mb_breaker *b)
 void mb_breaker_stats_get(mb_breaker *b, mb_breaker_stats *out)
 {
     pending p = {.n = 0};
-    pthread_mutex_lock(&b->lock);
-    uint64_t now = mb_clock_mono_ns(b->clock);
-    tick(b, now, &p);
+    uint64_t now = enter(b, &p);
     memset(out, 0, sizeof *out);
     out->state = b->state;
     out->window_calls = b->w_calls;
@@ -601,6 +728,6 @@ void mb_breaker_stats_get(mb_breaker *b, mb_breaker_stats *out)
     out->open_ms = b->cur_open_ms;
     if (b->state == MB_BREAKER_OPEN && b->open_until_ns > now)
         out->until_half_open_ms = (b->open_until_ns - now + NS_PER_MS - 1) / NS_PER_MS;
-    pthread_mutex_unlock(&b->lock);
+    leave(b);
     notify(b, &p);
 }

@@ -59,6 +59,7 @@
 #include <unistd.h>
 
 #include "alloc.h"
+#include "bytes.h"
 #include "client_int.h"
 
 /* ---- statuses ---- */
@@ -662,8 +663,11 @@ static mb_publish_disposition after_failure(mb_client *c, mb__retry *r)
             why = "retries exhausted";
         else if (!mb_retry_budget_acquire(c->budget, r->last_status))
             why = "retry budget exhausted";
-        else if (mb_timerq_add(c->retry_q, delay_ms * 1000000u, retry_fire, r, NULL) != MB_OK)
+        else if (mb_timerq_add(c->retry_q, delay_ms * 1000000u, retry_fire, r, NULL) != MB_OK) {
+            /* The retry the budget paid for will not happen. */
+            mb_retry_budget_refund(c->budget, r->last_status);
             why = "retry queue full";
+        }
     }
     if (!why) {
         r->prev_delay_ms = delay_ms;
@@ -730,6 +734,21 @@ static mb_publish_disposition failed(mb_client *c, const char *subject, size_t s
     return after_failure(c, r);
 }
 
+/* The hash of a publish's ordering key that picks its pool connection (and
+ * its retries'): eight bytes at a time, where mb__pool_hash takes one. Only
+ * publishes use it, so equal keys always meet the same connection. */
+static uint32_t key_hash(const char *s, size_t len)
+{
+    return mb__bytes_hash(s, len);
+}
+
+/* mb_err_clear, inline, for the publish path's own error buffers. */
+static inline void err_init(mb_err *e)
+{
+    e->code = MB_OK;
+    e->msg[0] = '\0';
+}
+
 static void set_disp(mb_publish_disposition *d, mb_publish_disposition v)
 {
     if (d)
@@ -763,8 +782,9 @@ static mb_status publish_impl(mb_client *c, const char *subject, const void *dat
         return st;
     }
     const char *key = popts && popts->ordering_key ? popts->ordering_key : subject;
-    uint32_t hash = mb__pool_hash(key, key == subject ? slen : strlen(key));
-    mb_err e = {0};
+    uint32_t hash = key_hash(key, key == subject ? slen : strlen(key));
+    mb_err e;
+    err_init(&e); /* not = {0}: that clears all 260 bytes */
     st = attempt(c, subject, data, len, hash, 1, &e);
     if (st == MB_OK) {
         set_disp(disp, MB_PUB_SENT);
@@ -785,7 +805,7 @@ mb_publish_disposition mb__client_publish_failed(mb_client *c, const char *subje
                                                  const char *msg, unsigned attempts)
 {
     size_t slen = strlen(subject);
-    return failed(c, subject, slen, data, len, mb__pool_hash(subject, slen), st, msg,
+    return failed(c, subject, slen, data, len, key_hash(subject, slen), st, msg,
                   attempts ? attempts : 1);
 }
 
@@ -818,7 +838,8 @@ static mb_status publish_typed(mb_client *c, const char *subject, const void *ms
         return mb_err_set(err, MB_EINVAL, "NULL client, subject or message");
     char stackbuf[4096];
     size_t n = 0;
-    mb_err e = {0};
+    mb_err e;
+    err_init(&e); /* not = {0}: that clears all 260 bytes */
     mb_status st = enc(c->schema, msg, stackbuf, sizeof stackbuf, &n, &e);
     if (st == MB_OK)
         return publish_impl(c, subject, stackbuf, n, kind, popts, disp, err);

@@ -354,7 +354,8 @@ bool mb_retry_budget_acquire(mb_retry_budget *b, mb_status failure)
     return true;
 }
 
-void mb_retry_budget_success(mb_retry_budget *b)
+/* Add up to n tokens, never above max_tokens. */
+static void budget_give(mb_retry_budget *b, uint32_t n)
 {
     uint32_t cur = atomic_load_explicit(&b->tokens, memory_order_relaxed);
     uint32_t next;
@@ -362,10 +363,23 @@ void mb_retry_budget_success(mb_retry_budget *b)
         if (cur >= b->max_tokens)
             return;
         uint32_t room = b->max_tokens - cur;
-        next = cur + (b->success_refund < room ? b->success_refund : room);
+        next = cur + (n < room ? n : room);
     } while (!atomic_compare_exchange_weak_explicit(&b->tokens, &cur, next, memory_order_relaxed,
                                                     memory_order_relaxed));
     mb_gauge_add(b->tokens_gauge, (int64_t)(next - cur));
+}
+
+void mb_retry_budget_success(mb_retry_budget *b)
+{
+    /* The common case (a full budget) without a call. */
+    if (atomic_load_explicit(&b->tokens, memory_order_relaxed) >= b->max_tokens)
+        return;
+    budget_give(b, b->success_refund);
+}
+
+void mb_retry_budget_refund(mb_retry_budget *b, mb_status failure)
+{
+    budget_give(b, failure == MB_ETIMEOUT ? b->timeout_cost : b->retry_cost);
 }
 
 uint32_t mb_retry_budget_tokens(const mb_retry_budget *b)

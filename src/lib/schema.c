@@ -14,8 +14,11 @@
  * well-formed message costs one scan plus a few comparisons per field.
  *
  * The encoder checks every field of a typed message with the same rule
- * functions (on plain UTF-8 measured by mb__json_measure) before writing it,
- * so it cannot produce what the validator refuses.
+ * functions as the validator, so it cannot produce what the validator
+ * refuses. A field of ASCII is checked while it is written, in one pass
+ * (w_fast); a field with UTF-8, or one that the pass cannot decide, is
+ * measured by mb__json_measure, checked, then written. The timestamp text of
+ * the last second is kept per thread.
  *
  * Threads: an mb_schema is immutable after creation; metrics are atomic.
  */
@@ -32,6 +35,7 @@
 #include <sys/random.h>
 
 #include "alloc.h"
+#include "bytes.h"
 #include "metrics_int.h"
 #include "json.h"
 #include "mudbus/clock.h"
@@ -922,11 +926,10 @@ static void w_raw(writer *w, const char *p, size_t n)
     w->len += n;
 }
 
-static void w_lit(writer *w, const char *s)
-{
-    w_raw(w, s, strlen(s));
-}
+/* w_raw of a string literal. */
+#define W_LIT(w, lit) w_raw((w), (lit), sizeof(lit) - 1)
 
+/* The two-pass path's writer of a checked string value: quoted, escaped. */
 static void w_string(writer *w, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
@@ -976,6 +979,170 @@ static void w_string(writer *w, const char *s, size_t n)
     w_raw(w, "\"", 1);
 }
 
+/* What the single pass (w_fast) does with each byte. */
+enum { E_TOKEN, E_PRINT, E_ESCAPE, E_CTRL, E_DEL, E_HIGH };
+
+/* One row per 16 bytes, as json.c's byte classes. */
+/* clang-format off */
+static const unsigned char enc_class[256] = {
+#define R8(x) x, x, x, x, x, x, x, x
+    /* 0x00 */ R8(E_CTRL), R8(E_CTRL),
+    /* 0x10 */ R8(E_CTRL), R8(E_CTRL),
+    /* 0x20 */ E_PRINT, E_PRINT, E_ESCAPE, E_PRINT, E_PRINT, E_PRINT, E_PRINT, E_PRINT,
+               E_PRINT, E_PRINT, E_PRINT, E_PRINT, E_PRINT, E_TOKEN, E_PRINT, E_PRINT,
+    /* 0x30 */ R8(E_TOKEN), E_TOKEN, E_TOKEN, E_PRINT, E_PRINT, E_PRINT, E_PRINT, E_PRINT, E_PRINT,
+    /* 0x40 */ E_PRINT, E_TOKEN, E_TOKEN, E_TOKEN, E_TOKEN, E_TOKEN, E_TOKEN, E_TOKEN, R8(E_TOKEN),
+    /* 0x50 */ R8(E_TOKEN), E_TOKEN, E_TOKEN, E_TOKEN, E_PRINT, E_ESCAPE, E_PRINT, E_PRINT, E_TOKEN,
+    /* 0x60 */ E_PRINT, E_TOKEN, E_TOKEN, E_TOKEN, E_TOKEN, E_TOKEN, E_TOKEN, E_TOKEN, R8(E_TOKEN),
+    /* 0x70 */ R8(E_TOKEN), E_TOKEN, E_TOKEN, E_TOKEN, E_PRINT, E_PRINT, E_PRINT, E_PRINT, E_DEL,
+    /* 0x80 */ R8(E_HIGH), R8(E_HIGH), R8(E_HIGH), R8(E_HIGH), R8(E_HIGH), R8(E_HIGH), R8(E_HIGH), R8(E_HIGH),
+    /* 0xC0 */ R8(E_HIGH), R8(E_HIGH), R8(E_HIGH), R8(E_HIGH), R8(E_HIGH), R8(E_HIGH), R8(E_HIGH), R8(E_HIGH),
+#undef R8
+};
+/* clang-format on */
+
+/* Length of the leading run of v that is written as it is and tells the
+ * rules nothing: printable ASCII other than '"' and '\\'. */
+static size_t plain_run(const char *v, size_t n)
+{
+    size_t i = 0;
+#if defined(__SSE2__)
+    const __m128i space = _mm_set1_epi8(0x20), quote = _mm_set1_epi8('"');
+    const __m128i bslash = _mm_set1_epi8('\\'), del = _mm_set1_epi8(0x7F);
+    for (; i + 16 <= n; i += 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(v + i));
+        /* Signed: bytes from 0x80 are negative, below the space too. */
+        __m128i bad = _mm_or_si128(_mm_or_si128(_mm_cmplt_epi8(x, space), _mm_cmpeq_epi8(x, quote)),
+                                   _mm_or_si128(_mm_cmpeq_epi8(x, bslash), _mm_cmpeq_epi8(x, del)));
+        unsigned m = (unsigned)_mm_movemask_epi8(bad);
+        if (m != 0)
+            return i + (size_t)__builtin_ctz(m);
+    }
+    if (i < n && n >= 16) {
+        /* The last 16 bytes, overlapping: all plain, or go on byte by byte. */
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(v + n - 16));
+        __m128i bad = _mm_or_si128(_mm_or_si128(_mm_cmplt_epi8(x, space), _mm_cmpeq_epi8(x, quote)),
+                                   _mm_or_si128(_mm_cmpeq_epi8(x, bslash), _mm_cmpeq_epi8(x, del)));
+        if (_mm_movemask_epi8(bad) == 0)
+            return n;
+    }
+#endif
+    while (i < n && enc_class[(unsigned char)v[i]] <= E_PRINT)
+        i++;
+    return i;
+}
+
+/* Write the escape of control character ch (as w_string does) at o; note it
+ * in *flags as mb__json_measure would. Returns the end of the escape. */
+static char *put_ctrl(char *o, unsigned char ch, unsigned *flags)
+{
+    static const char hex[] = "0123456789abcdef";
+    *flags |= ch == '\n' || ch == '\t' ? MB__JSTR_NLTAB : MB__JSTR_CTRL;
+    *o++ = '\\';
+    switch (ch) {
+    case '\n':
+        *o++ = 'n';
+        break;
+    case '\t':
+        *o++ = 't';
+        break;
+    case '\r':
+        *o++ = 'r';
+        break;
+    case '\b':
+        *o++ = 'b';
+        break;
+    case '\f':
+        *o++ = 'f';
+        break;
+    default:
+        memcpy(o, "u00", 3);
+        o[3] = hex[ch >> 4];
+        o[4] = hex[ch & 15];
+        o += 5;
+    }
+    return o;
+}
+
+/* `,"name":"` of each field, in a fixed-size slot: w_fast copies a whole slot
+ * (one or two vector stores; its room check allows for that) and keeps what
+ * it needs. */
+#define KEY_SLOT 32
+static const char field_keys[F_COUNT][KEY_SLOT + 1] = {
+    ",\"message_id\":\"", ",\"timestamp\":\"",  ",\"sender_id\":\"",   ",\"sender_name\":\"",
+    ",\"channel\":\"",    ",\"content\":\"",    ",\"room_id\":\"",     ",\"subzone\":\"",
+    ",\"target_id\":\"",  ",\"party_id\":\"",   ",\"target_name\":\"", ",\"speaker_kind\":\"",
+    ",\"event_type\":\"", ",\"event_data\":\"", ",\"player_id\":\"",
+};
+
+/* The single pass over a token, name or text field: write
+ * `,"name":"value"` straight into the buffer while gathering what the rule
+ * needs, then check the rule on it. The facts handed to check_rule are
+ * those of mb__json_measure for what the rule reads (bytes and characters;
+ * charset for tokens; control characters for names and texts), so the
+ * verdict and its message are the two-pass path's.
+ *
+ * Returns false, having changed nothing, for what it leaves to the two-pass
+ * path: a buffer that might be too small for the worst case, a byte of UTF-8
+ * (it has to be decoded and checked) or a token with a byte outside the
+ * charset (the refusal may be about UTF-8 further on). Otherwise true with
+ * *st the rule's verdict; the field is written only when it is MB_OK. */
+static bool w_fast(writer *w, check_ctx *c, enum field fid, enum rule rule, const char *v, size_t n,
+                   mb_status *st)
+{
+    /* Each byte takes at most 6 (\u00XX); the key slot, the closing quote
+     * and the NUL. */
+    if (n > w->cap || w->len >= w->cap || w->cap - w->len <= 6 * n + KEY_SLOT + 2)
+        return false;
+    char *o = w->buf + w->len;
+    bool first = w->len <= 1; /* right after the brace: no comma */
+    memcpy(o, field_keys[fid] + first, KEY_SLOT);
+    o += field_names[fid].len + 5 - first;
+    mb__json_str s = {v, n, n, n, MB__JSTR_PLAIN};
+    bool fine; /* the rule holds: check_rule need not run */
+    if (rule == R_ID || rule == R_TOKEN || rule == R_SHORT_TOKEN) {
+        if (!mb__bytes_all_token(v, n))
+            return false;
+        memcpy(o, v, n);
+        o += n;
+        fine = n != 0 && n <= (rule == R_TOKEN ? 128u : 64u);
+    } else {
+        size_t i = plain_run(v, n);
+        memcpy(o, v, i);
+        o += i;
+        for (; i < n; i++) {
+            unsigned char ch = (unsigned char)v[i];
+            switch (enc_class[ch]) {
+            case E_TOKEN:
+            case E_PRINT:
+                *o++ = (char)ch;
+                break;
+            case E_ESCAPE:
+                *o++ = '\\';
+                *o++ = (char)ch;
+                break;
+            case E_DEL:
+                s.flags |= MB__JSTR_CTRL;
+                *o++ = (char)ch;
+                break;
+            case E_CTRL:
+                o = put_ctrl(o, ch, &s.flags);
+                break;
+            default:
+                return false;
+            }
+        }
+        unsigned bad = rule == R_TEXT ? MB__JSTR_CTRL : MB__JSTR_CTRL | MB__JSTR_NLTAB;
+        fine = n != 0 && n <= (rule == R_TEXT ? 10000u : 64u) && !(s.flags & bad);
+    }
+    *st = fine ? MB_OK : check_rule(c, rule, field_names[fid].name, &s);
+    if (*st == MB_OK) {
+        *o++ = '"';
+        w->len = (size_t)(o - w->buf);
+    }
+    return true;
+}
+
 /* Check and write `,"name":"value"` for a string field. */
 static mb_status w_field(writer *w, check_ctx *c, enum field fid, enum rule rule, const char *v,
                          bool required)
@@ -987,11 +1154,14 @@ static mb_status w_field(writer *w, check_ctx *c, enum field fid, enum rule rule
         return MB_OK;
     }
     size_t n = strlen(v);
+    mb_status st;
+    if (w_fast(w, c, fid, rule, v, n, &st))
+        return st;
     mb__json_str s;
     size_t bad_at = 0;
     if (mb__json_measure(v, n, &s, &bad_at) != MB_OK)
         return refuse(c, REASON_CHARSET, "%s: invalid UTF-8 at byte %zu", name, bad_at);
-    mb_status st = check_rule(c, rule, name, &s);
+    st = check_rule(c, rule, name, &s);
     if (st != MB_OK)
         return st;
     w_raw(w, w->len > 1 ? ",\"" : "\"", w->len > 1 ? 2 : 1);
@@ -999,6 +1169,52 @@ static mb_status w_field(writer *w, check_ctx *c, enum field fid, enum rule rule
     w_raw(w, "\":", 2);
     w_string(w, v, n);
     return MB_OK;
+}
+
+/* `,"channel":"say"` ..., `,"speaker_kind":"player"` ...: the values of the
+ * encoder's own tables pass their rules by construction. */
+static const char *const channel_fields[MB__CHANNEL_COUNT] = {
+    ",\"channel\":\"say\"",     ",\"channel\":\"local\"", ",\"channel\":\"global\"",
+    ",\"channel\":\"whisper\"", ",\"channel\":\"emote\"", ",\"channel\":\"pose\"",
+    ",\"channel\":\"system\"",  ",\"channel\":\"admin\"", ",\"channel\":\"party\"",
+};
+static const char *const speaker_fields[] = {
+    NULL,
+    ",\"speaker_kind\":\"player\"",
+    ",\"speaker_kind\":\"npc\"",
+    ",\"speaker_kind\":\"system\"",
+};
+
+static void w_known(writer *w, const char *field)
+{
+    w_raw(w, field, strlen(field));
+}
+
+/* mb_timestamp_format, keeping the text of the last second formatted on this
+ * thread: the messages of a stream mostly share their second, and then only
+ * the milliseconds are written. */
+static void format_ts(int64_t ms, char *ts)
+{
+    static _Thread_local struct {
+        int64_t sec;
+        char text[MB_TIMESTAMP_MAX];
+    } last = {-1, ""};
+    const int64_t end = 253402300800000; /* 10000-01-01T00:00:00Z, where clamping starts */
+    if (ms < 0 || ms >= end) {
+        mb_timestamp_format(ms, ts);
+        return;
+    }
+    if (ms / 1000 != last.sec) {
+        mb_timestamp_format(ms / 1000 * 1000, last.text);
+        last.sec = ms / 1000;
+    }
+    int f = (int)(ms % 1000);
+    memcpy(ts, last.text, 20); /* YYYY-MM-DDTHH:MM:SS. */
+    ts[20] = (char)('0' + f / 100);
+    ts[21] = (char)('0' + f / 10 % 10);
+    ts[22] = (char)('0' + f % 10);
+    ts[23] = 'Z';
+    ts[24] = '\0';
 }
 
 static mb_status w_head(writer *w, check_ctx *c, const char *message_id, int64_t ts_ms)
@@ -1013,21 +1229,21 @@ static mb_status w_head(writer *w, check_ctx *c, const char *message_id, int64_t
     char ts[MB_TIMESTAMP_MAX];
     if (ts_ms == 0)
         ts_ms = (int64_t)(mb_clock_wall_ns(NULL) / 1000000u);
-    mb_timestamp_format(ts_ms, ts);
-    w_lit(w, "{");
+    format_ts(ts_ms, ts);
+    W_LIT(w, "{");
     mb_status st = w_field(w, c, F_MESSAGE_ID, R_ID, message_id, true);
     if (st == MB_OK) {
         /* mb_timestamp_format always writes a valid RFC 3339 UTC time. */
-        w_lit(w, ",\"timestamp\":\"");
-        w_lit(w, ts);
-        w_lit(w, "\"");
+        W_LIT(w, ",\"timestamp\":\"");
+        w_raw(w, ts, 24);
+        W_LIT(w, "\"");
     }
     return st;
 }
 
 static mb_status finish(const mb_schema *s, writer *w, check_ctx *c, size_t *out_len)
 {
-    w_lit(w, "}");
+    W_LIT(w, "}");
     if (out_len != NULL)
         *out_len = w->len;
     if (w->len > s->max_bytes) {
@@ -1063,7 +1279,7 @@ mb_status mb_chat_encode(const mb_schema *s, const mb_chat_msg *m, char *buf, si
     if (st == MB_OK)
         st = w_field(&w, &c, F_SENDER_NAME, R_NAME, m->sender_name, true);
     if (st == MB_OK)
-        st = w_field(&w, &c, F_CHANNEL, R_CHANNEL, channel, true);
+        w_known(&w, channel_fields[m->channel]);
     if (st == MB_OK)
         st = w_field(&w, &c, F_CONTENT, R_TEXT, m->content, true);
     if (st == MB_OK)
@@ -1076,10 +1292,10 @@ mb_status mb_chat_encode(const mb_schema *s, const mb_chat_msg *m, char *buf, si
         st = w_field(&w, &c, F_PARTY_ID, R_TOKEN, m->party_id, false);
     if (st == MB_OK)
         st = w_field(&w, &c, F_TARGET_NAME, R_NAME, m->target_name, false);
-    if (st == MB_OK)
-        st = w_field(&w, &c, F_SPEAKER_KIND, R_SPEAKER, speaker_names[m->speaker_kind], false);
     if (st != MB_OK)
         goto fail;
+    if (m->speaker_kind != MB_SPEAKER_UNSET)
+        w_known(&w, speaker_fields[m->speaker_kind]);
     return finish(s, &w, &c, out_len);
 fail:
     if (cap > 0)
@@ -1137,7 +1353,7 @@ mb_status mb_event_encode(const mb_schema *s, const mb_event_msg *m, char *buf, 
                     s->max_depth);
         goto fail;
     }
-    w_lit(&w, ",\"event_data\":");
+    W_LIT(&w, ",\"event_data\":");
     w_raw(&w, (const char *)obj_start, (size_t)(obj_end - obj_start));
 
     st = w_field(&w, &c, F_ROOM_ID, R_TOKEN, m->room_id, false);

@@ -18,7 +18,10 @@
  * placeholder child on failure. Every trie node sits at exactly one depth and
  * is reached by one path, so the walk visits each node at most once: the cost
  * is bounded by the size of the trie and the subject's tokens, never by the
- * subjects seen before (there is no cache, and a check allocates nothing).
+ * subjects seen before (a check allocates nothing). Each thread remembers the
+ * last subject it checked or built and its pattern (the memo, one entry), so
+ * checking the subject just built, or the same subject again, is one
+ * comparison; the byte rules are checked 16 bytes at a time.
  * When patterns overlap, the most specific one wins: at the first token where
  * two matching patterns differ, the one with a literal there is chosen.
  *
@@ -34,11 +37,13 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "alloc.h"
+#include "bytes.h"
 #include "metrics_int.h"
 #include "mudbus/clock.h"
 
@@ -87,6 +92,7 @@ typedef struct tedge {
 
 typedef struct snapshot {
     struct snapshot *prev; /* retired predecessor, freed at destroy */
+    uint64_t id;           /* unique in the process (the memo's key) */
     uint32_t n;
     uint32_t hmask;
     pentry **entries; /* n entries in registration order */
@@ -158,19 +164,47 @@ const char *mb_subject_reason_name(mb_subject_reason r)
 
 /* ---- small helpers ---- */
 
-static inline int is_tok_char(unsigned char c)
+/* Set bit i % 64 of dots[i / 64] for each '.' among the len (at most 256)
+ * bytes at s. False if some byte is neither a dot nor of the token charset
+ * (dots is then incomplete). */
+static bool dot_map(const char *s, size_t len, uint64_t dots[4])
 {
-    return (unsigned)((c | 0x20) - 'a') < 26u || (unsigned)(c - '0') < 10u || c == '_' || c == '-';
+    dots[0] = dots[1] = dots[2] = dots[3] = 0;
+    size_t i = 0;
+#if defined(__SSE2__)
+    const __m128i dot = _mm_set1_epi8('.');
+    for (; i + 16 <= len; i += 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+        __m128i d = _mm_cmpeq_epi8(x, dot);
+        if (_mm_movemask_epi8(_mm_or_si128(d, mb__bytes_token_mask(x))) != 0xFFFF)
+            return false;
+        dots[i / 64] |= (uint64_t)(unsigned)_mm_movemask_epi8(d) << (i % 64);
+    }
+    if (i < len && len >= 16) {
+        /* The last 16 bytes, overlapping what was done: shift that out. i is
+         * a multiple of 16, so the rest stays within one word of dots. */
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + len - 16));
+        __m128i d = _mm_cmpeq_epi8(x, dot);
+        if (_mm_movemask_epi8(_mm_or_si128(d, mb__bytes_token_mask(x))) != 0xFFFF)
+            return false;
+        unsigned m = (unsigned)_mm_movemask_epi8(d) >> (i - (len - 16));
+        dots[i / 64] |= (uint64_t)m << (i % 64);
+        return true;
+    }
+#endif
+    for (; i < len; i++) {
+        if (s[i] == '.')
+            dots[i / 64] |= UINT64_C(1) << (i % 64);
+        else if (!mb__bytes_is_token((unsigned char)s[i]))
+            return false;
+    }
+    return true;
 }
 
+/* The hash of pattern names (a lookup by name on every build). */
 static uint32_t hash_name(const char *s, size_t len)
 {
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 16777619u;
-    }
-    return h;
+    return mb__bytes_hash(s, len);
 }
 
 /* Write an excerpt of untrusted bytes that is safe to print: printable ASCII
@@ -298,7 +332,7 @@ static mb_status parse_pattern(const char *pattern, ptok *toks, uint32_t *ntok, 
         } else {
             for (size_t k = 0; k < tl; k++) {
                 char c[SHOW_BUF];
-                if (is_tok_char((unsigned char)s[k]))
+                if (mb__bytes_is_token((unsigned char)s[k]))
                     continue;
                 if (s[k] == '{' || s[k] == '}')
                     return mb_err_set(err, MB_EPATTERN,
@@ -456,6 +490,8 @@ static void snapshot_free(snapshot *s)
 
 /* A new snapshot of list[0..n) plus `extra` (may be NULL), whose index must
  * be n. Entries are borrowed. NULL when out of memory. */
+static _Atomic uint64_t snapshot_ids;
+
 static snapshot *snapshot_build(pentry *const *list, uint32_t n, pentry *extra)
 {
     uint32_t total = n + (extra != NULL);
@@ -472,6 +508,7 @@ static snapshot *snapshot_build(pentry *const *list, uint32_t n, pentry *extra)
     pentry **sorted = mb__malloc((total ? total : 1) * sizeof *sorted);
     if (s == NULL || sorted == NULL)
         goto fail;
+    s->id = atomic_fetch_add_explicit(&snapshot_ids, 1, memory_order_relaxed) + 1;
     s->n = total;
     s->hmask = hsize - 1;
     s->entries = mb__malloc((total ? total : 1) * sizeof *s->entries);
@@ -519,7 +556,7 @@ static const pentry *find_name(const snapshot *s, const char *name, size_t len, 
         if (v == 0)
             return NULL;
         const pentry *e = s->entries[v - 1];
-        if (e->hash == h && e->name_len == len && memcmp(e->name, name, len) == 0)
+        if (e->hash == h && e->name_len == len && mb__bytes_equal(e->name, name, len))
             return e;
     }
 }
@@ -747,6 +784,109 @@ mb_status mb_subject_lookup(const mb_subject_registry *r, const char *name, mb_s
     return MB_OK;
 }
 
+/* ---- matching ---- */
+
+typedef struct span {
+    uint16_t off, len;
+} span;
+
+/* The memo: per thread, the last subject that was checked, or built, and the
+ * pattern it resolves to, for the snapshot it was resolved in. A game builds
+ * a subject and publishes on it at once, and often publishes several
+ * messages on one subject: then the check is one comparison. The key is the
+ * snapshot's id, never reused, so a memo can only hit in the snapshot that
+ * made it, which is the current one (and so is alive): a registration
+ * empties every thread's memo by changing the snapshot. One entry per thread:
+ * what it holds does not grow with the subjects seen. */
+typedef struct memo {
+    uint64_t snap_id; /* 0: empty */
+    uint32_t entry;   /* index into the snapshot's entries */
+    uint32_t len;
+    char subject[MB_SUBJECT_MAX];
+} memo;
+
+static _Thread_local memo tl_memo;
+
+static inline bool memo_hit(const snapshot *s, const char *subject, size_t len, uint32_t *entry)
+{
+    const memo *m = &tl_memo;
+    if (m->snap_id != s->id || m->len != len || !mb__bytes_equal(m->subject, subject, len))
+        return false;
+    *entry = m->entry;
+    return true;
+}
+
+static inline void memo_set(const snapshot *s, const char *subject, size_t len, uint32_t entry)
+{
+    memo *m = &tl_memo;
+    m->snap_id = s->id;
+    m->entry = entry;
+    m->len = (uint32_t)len;
+    memcpy(m->subject, subject, len);
+}
+
+/* Whether the memo holds the subject just built from e (tokens at sp, values
+ * val). Compared with the sources, not with buf: reading words of
+ * bytes just stored one by one would stall on store forwarding. */
+static bool memo_built(const snapshot *s, const pentry *e, const char *const *val, size_t len,
+                       const span *sp)
+{
+    const memo *m = &tl_memo;
+    if (m->snap_id != s->id || m->len != len)
+        return false;
+    for (uint32_t k = 0; k < e->ntok; k++) {
+        const ptok *t = &e->toks[k];
+        if (k > 0 && m->subject[sp[k].off - 1] != '.')
+            return false;
+        if (!mb__bytes_equal(m->subject + sp[k].off, t->is_param ? val[t->ph] : t->text, sp[k].len))
+            return false;
+    }
+    return true;
+}
+
+/* memcmp's order, inline: tokens are short, a call costs more than the loop. */
+static inline int bytes_cmp(const char *a, const char *b, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (a[i] != b[i])
+            return (unsigned char)a[i] < (unsigned char)b[i] ? -1 : 1;
+    return 0;
+}
+
+/* The pattern matching tokens t[i..n) from `node`, or -1. Literal child first,
+ * then the placeholder child. */
+static int32_t match(const snapshot *s, uint32_t node, const char *subj, const span *t, uint32_t i,
+                     uint32_t n)
+{
+    for (;;) {
+        const tnode *nd = &s->nodes[node];
+        if (i == n)
+            return nd->terminal;
+        const char *tok = subj + t[i].off;
+        uint32_t tl = t[i].len;
+        uint32_t lo = nd->edge_off, hi = nd->edge_off + nd->nedge;
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            const tedge *ed = &s->edges[mid];
+            int c = ed->len != tl ? (ed->len < tl ? -1 : 1) : bytes_cmp(ed->text, tok, tl);
+            if (c == 0) {
+                int32_t m = match(s, ed->child, subj, t, i + 1, n);
+                if (m >= 0)
+                    return m;
+                break;
+            }
+            if (c < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (nd->param == NO_NODE)
+            return -1;
+        node = nd->param;
+        i++;
+    }
+}
+
 /* ---- building ---- */
 
 static mb_status build_fail(mb_subject_reason rs, mb_subject_reason *why)
@@ -784,7 +924,7 @@ static mb_status build_impl(mb_subject_registry *r, const char *name,
         const ptok *ph = NULL;
         for (uint32_t k = 0; k < e->ntok && ph == NULL; k++) {
             const ptok *t = &e->toks[k];
-            if (t->is_param && t->len == pl && memcmp(t->text, pn, pl) == 0)
+            if (t->is_param && t->len == pl && mb__bytes_equal(t->text, pn, pl))
                 ph = t;
         }
         if (ph == NULL) {
@@ -798,9 +938,11 @@ static mb_status build_impl(mb_subject_registry *r, const char *name,
             return build_fail(MB_SUBJECT_DUPLICATE_PARAM, why);
         }
         /* Scan one byte past the limit: enough to refuse the value. */
-        size_t n = 0;
+        size_t n = strnlen(v, MB_SUBJECT_TOKEN_MAX + 1);
+        if (!mb__bytes_all_token(v, n))
+            n = 0; /* find the byte below, for the message */
         for (; n <= MB_SUBJECT_TOKEN_MAX && v[n] != '\0'; n++) {
-            if (!is_tok_char((unsigned char)v[n])) {
+            if (!mb__bytes_is_token((unsigned char)v[n])) {
                 mb_err_set(err, MB_ESUBJECT,
                            "%s: parameter %s: character '%s' at byte %zu outside " CHARSET, e->name,
                            pn, show(c, v + n, 1), n);
@@ -842,16 +984,27 @@ static mb_status build_impl(mb_subject_registry *r, const char *name,
                           e->name, total, cap);
     }
     char *p = buf;
+    span sp[MAX_TOKENS];
     for (uint32_t k = 0; k < e->ntok; k++) {
         const ptok *t = &e->toks[k];
         if (k > 0)
             *p++ = '.';
         const char *src = t->is_param ? val[t->ph] : t->text;
         size_t n = t->is_param ? vlen[t->ph] : t->len;
-        memcpy(p, src, n);
+        mb__bytes_copy(p, src, n);
+        sp[k].off = (uint16_t)(p - buf);
+        sp[k].len = (uint16_t)n;
         p += n;
     }
     *p = '\0';
+    /* The subject meets the byte rules by construction: resolve it now, from
+     * the tokens in hand, for the check that usually follows (the memo). It
+     * may resolve to a more specific pattern than e. */
+    if (!memo_built(s, e, val, total, sp)) {
+        int32_t mi = match(s, 0, buf, sp, 0, e->ntok);
+        if (mi >= 0)
+            memo_set(s, buf, total, (uint32_t)mi);
+    }
     if (out_len != NULL)
         *out_len = total;
     *why = MB_SUBJECT_OK;
@@ -886,44 +1039,6 @@ mb_status mb_subject_build(mb_subject_registry *r, const char *name, const mb_su
 
 /* ---- checking ---- */
 
-typedef struct span {
-    uint16_t off, len;
-} span;
-
-/* The pattern matching tokens t[i..n) from `node`, or -1. Literal child first,
- * then the placeholder child. */
-static int32_t match(const snapshot *s, uint32_t node, const char *subj, const span *t, uint32_t i,
-                     uint32_t n)
-{
-    for (;;) {
-        const tnode *nd = &s->nodes[node];
-        if (i == n)
-            return nd->terminal;
-        const char *tok = subj + t[i].off;
-        uint32_t tl = t[i].len;
-        uint32_t lo = nd->edge_off, hi = nd->edge_off + nd->nedge;
-        while (lo < hi) {
-            uint32_t mid = lo + (hi - lo) / 2;
-            const tedge *ed = &s->edges[mid];
-            int c = ed->len != tl ? (ed->len < tl ? -1 : 1) : memcmp(ed->text, tok, tl);
-            if (c == 0) {
-                int32_t m = match(s, ed->child, subj, t, i + 1, n);
-                if (m >= 0)
-                    return m;
-                break;
-            }
-            if (c < 0)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        if (nd->param == NO_NODE)
-            return -1;
-        node = nd->param;
-        i++;
-    }
-}
-
 /* Split a publish subject into tokens and apply the byte rules: 1..255 bytes,
  * non-empty tokens of the token charset, at most 128 bytes each. */
 static mb_subject_reason scan_subject(const char *subj, size_t len, span *t, uint32_t *ntok,
@@ -943,7 +1058,7 @@ static mb_subject_reason scan_subject(const char *subj, size_t len, span *t, uin
     size_t start = 0;
     for (size_t i = 0; i <= len; i++) {
         if (i < len && subj[i] != '.') {
-            if (!is_tok_char((unsigned char)subj[i])) {
+            if (!mb__bytes_is_token((unsigned char)subj[i])) {
                 mb_err_set(err, MB_ESUBJECT,
                            "subject '%s': character '%s' at byte %zu outside " CHARSET,
                            show(q, subj, len), show(c, subj + i, 1), i);
@@ -971,6 +1086,35 @@ static mb_subject_reason scan_subject(const char *subj, size_t len, span *t, uin
     return MB_SUBJECT_OK;
 }
 
+/* scan_subject's common case without its byte loop: a subject that breaks no
+ * byte rule is split at the dots found 16 bytes at a time. False (t and
+ * *ntok unspecified) when some rule is broken: scan_subject says which. */
+static bool scan_fast(const char *subj, size_t len, span *t, uint32_t *ntok)
+{
+    uint64_t dots[4];
+    if (len == 0 || len > MB_SUBJECT_MAX || !dot_map(subj, len, dots))
+        return false;
+    uint32_t n = 0;
+    size_t start = 0;
+    for (unsigned w = 0; w < 4; w++) {
+        for (uint64_t m = dots[w]; m != 0; m &= m - 1) {
+            size_t dot = w * 64u + (size_t)__builtin_ctzll(m);
+            if (dot == start || dot - start > MB_SUBJECT_TOKEN_MAX)
+                return false;
+            t[n].off = (uint16_t)start;
+            t[n].len = (uint16_t)(dot - start);
+            n++;
+            start = dot + 1;
+        }
+    }
+    if (len == start || len - start > MB_SUBJECT_TOKEN_MAX)
+        return false;
+    t[n].off = (uint16_t)start;
+    t[n].len = (uint16_t)(len - start);
+    *ntok = n + 1;
+    return true;
+}
+
 mb_status mb_subject_check(mb_subject_registry *r, const char *subject, size_t len,
                            mb_subject_info *out, mb_subject_reason *reason, mb_err *err)
 {
@@ -982,13 +1126,19 @@ mb_status mb_subject_check(mb_subject_registry *r, const char *subject, size_t l
     uint64_t t0 = timed ? mb_clock_mono_ns(NULL) : 0;
     span t[MAX_TOKENS];
     uint32_t n = 0;
-    mb_subject_reason why = scan_subject(subject, len, t, &n, err);
-    if (why == MB_SUBJECT_OK) {
-        const snapshot *s = snap_load(r);
-        int32_t m = match(s, 0, subject, t, 0, n);
+    const snapshot *s = snap_load(r);
+    uint32_t hit;
+    mb_subject_reason why = MB_SUBJECT_OK;
+    if (memo_hit(s, subject, len, &hit)) {
+        fill_info(s->entries[hit], out);
+    } else {
+        if (!scan_fast(subject, len, t, &n))
+            why = scan_subject(subject, len, t, &n, err);
+        int32_t m = why == MB_SUBJECT_OK ? match(s, 0, subject, t, 0, n) : -1;
         if (m >= 0) {
             fill_info(s->entries[m], out);
-        } else {
+            memo_set(s, subject, len, (uint32_t)m);
+        } else if (why == MB_SUBJECT_OK) {
             char q[SHOW_BUF];
             mb_err_set(err, MB_ESUBJECT, "subject '%s': matches no registered pattern",
                        show(q, subject, len));
@@ -1041,7 +1191,7 @@ static mb_subject_reason sub_check(const char *p, size_t len, mb_err *err)
             }
         } else {
             for (size_t k = 0; k < tl; k++) {
-                if (is_tok_char((unsigned char)s[k]))
+                if (mb__bytes_is_token((unsigned char)s[k]))
                     continue;
                 if (s[k] == '*' || s[k] == '>') {
                     mb_err_set(err, MB_ESUBJECT,
@@ -1117,7 +1267,7 @@ mb_status mb_subject_room_subzone(const char *room_id, char *buf, size_t cap, mb
     if (len == 0)
         return mb_err_set(err, MB_ESUBJECT, "room id is empty");
     for (size_t i = 0; i < len; i++) {
-        if (!is_tok_char((unsigned char)room_id[i]))
+        if (!mb__bytes_is_token((unsigned char)room_id[i]))
             return mb_err_set(err, MB_ESUBJECT,
                               "room id '%s': character '%s' at byte %zu outside " CHARSET,
                               show(q, room_id, len), show(c, room_id + i, 1), i);

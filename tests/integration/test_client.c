@@ -878,6 +878,41 @@ static void test_no_server(void **state)
     assert_int_equal(dlq_depth(), 0);
 }
 
+/* A retry that cannot be queued (the retry queue is full) gives back the
+ * budget tokens it took: only retries that take place are paid for. */
+static void test_retry_queue_full_refunds_budget(void **state)
+{
+    (void)state;
+    start_server(NULL);
+    char url[64];
+    snprintf(url, sizeof url, "%s", natsrv_url(F.srv));
+    assert_int_equal(natsrv_stop(F.srv), 0);
+    mb_client_opts o;
+    base_opts(&o, url);
+    o.connect_timeout_ms = 300;
+    o.start_disconnected = true;
+    o.retry_queue_max = 1;
+    o.retry.max_attempts = 10;
+    o.retry.base_delay_ms = 60000; /* the first retry holds the queue's one place */
+    o.retry.max_delay_ms = 60000;
+    o.retry.deadline_ms = 0;
+    o.retry.jitter = MB_JITTER_NONE;
+    create_client(&o);
+    mb_publish_disposition d;
+    assert_int_equal(pub_event("events.game_tick", 1, &d, NULL), MB_ENOCONN);
+    assert_int_equal(d, MB_PUB_RETRYING);
+    assert_int_equal(pub_event("events.game_tick", 2, &d, NULL), MB_ENOCONN);
+    assert_int_equal(d, MB_PUB_DEAD_LETTERED);
+    assert_int_equal(dlq_depth(), 1);
+    /* 500 tokens, 5 per retry: the queued retry took 5, the refused one
+     * took 5 and gave them back. */
+    char *text = NULL;
+    assert_int_equal(mb_client_metrics(F.c, &text, NULL, NULL), MB_OK);
+    assert_non_null(strstr(text, "mudbus_retry_budget_tokens{client=\"test\"} 495\n"));
+    assert_non_null(strstr(text, "mudbus_retry_budget_granted_total{client=\"test\"} 2\n"));
+    free(text);
+}
+
 static void test_bad_options(void **state)
 {
     (void)state;
@@ -1167,6 +1202,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_event_closed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_event_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_server, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retry_queue_full_refunds_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_auth_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_alloc_torture, setup, torture_teardown),
         cmocka_unit_test_setup_teardown(test_alloc_torture_retry, setup, torture_teardown),

@@ -1068,6 +1068,136 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* ---- the lock-free path of CLOSED (see breaker.c) ---- */
+
+/* Successes counted without the lock land in the window in order: a failure
+ * recorded after three of them evicts the oldest of them, not a later one. */
+static void test_fast_successes_keep_window_order(void **state)
+{
+    (void)state;
+    fixture f = make(&(mb_breaker_opts){.window_size = 4, .min_calls = 4, .failure_rate_pct = 50});
+    for (unsigned i = 0; i < 3; i++)
+        call(f.b, MB_BREAKER_SUCCESS);
+    call(f.b, MB_BREAKER_FAILURE); /* S S S F: 25 % */
+    mb_breaker_stats s = stats(f.b);
+    assert_int_equal(s.state, MB_BREAKER_CLOSED);
+    assert_int_equal(s.window_calls, 4);
+    assert_int_equal(s.window_failures, 1);
+    call(f.b, MB_BREAKER_SUCCESS); /* S S F S */
+    call(f.b, MB_BREAKER_SUCCESS); /* S F S S */
+    call(f.b, MB_BREAKER_FAILURE); /* F S S F: 50 % */
+    assert_int_equal(mb_breaker_state_get(f.b), MB_BREAKER_OPEN);
+    s = stats(f.b);
+    assert_int_equal(s.calls_total, 7);
+    assert_int_equal(s.failures_total, 2);
+    unmake(&f);
+}
+
+/* Below min_calls, failures already in the window can make the success that
+ * fills it to min_calls trip the breaker: that success must trip it at once,
+ * not at some later fold. */
+static void test_fast_success_trips_at_min_calls(void **state)
+{
+    (void)state;
+    fixture f =
+        make(&(mb_breaker_opts){.window_size = 100, .min_calls = 10, .failure_rate_pct = 50});
+    for (unsigned i = 0; i < 5; i++)
+        call(f.b, MB_BREAKER_FAILURE);
+    for (unsigned i = 0; i < 4; i++) {
+        call(f.b, MB_BREAKER_SUCCESS);
+        assert_int_equal(mb_breaker_state_get(f.b), MB_BREAKER_CLOSED);
+    }
+    call(f.b, MB_BREAKER_SUCCESS); /* 10 calls, 5 failures */
+    expect_rejected(f.b);
+    assert_int_equal(stats(f.b).trips_total, 1);
+    /* With fewer failures the successes never trip it. */
+    mb_breaker_reset(f.b);
+    for (unsigned i = 0; i < 4; i++)
+        call(f.b, MB_BREAKER_FAILURE);
+    for (unsigned i = 0; i < 200; i++)
+        call(f.b, MB_BREAKER_SUCCESS);
+    mb_breaker_stats s = stats(f.b);
+    assert_int_equal(s.state, MB_BREAKER_CLOSED);
+    assert_int_equal(s.window_calls, 100);
+    assert_int_equal(s.window_failures, 0);
+    unmake(&f);
+}
+
+/* Many successes (more than the window, more than one fold's batch) are all
+ * counted, in the window, the totals and the metric. */
+static void test_fast_successes_counted_exactly(void **state)
+{
+    (void)state;
+    mb_metrics *m = NULL;
+    assert_int_equal(mb_metrics_create(&m, NULL), MB_OK);
+    fixture f = make(&(mb_breaker_opts){.name = "fast", .metrics = m, .window_size = 1000});
+    const unsigned n = 200000;
+    for (unsigned i = 0; i < n; i++)
+        call(f.b, MB_BREAKER_SUCCESS);
+    call(f.b, MB_BREAKER_FAILURE);
+    mb_breaker_stats s = stats(f.b);
+    assert_int_equal(s.calls_total, n + 1);
+    assert_int_equal(s.window_calls, 1000);
+    assert_int_equal(s.window_failures, 1);
+    char *text = NULL;
+    assert_int_equal(mb_metrics_format(m, &text, NULL, NULL), MB_OK);
+    expect_sample(text, "mudbus_breaker_calls_total{name=\"fast\"}", "200001");
+    free(text);
+    unmake(&f);
+    mb_metrics_destroy(m);
+}
+
+/* As test_threaded_closed_totals_exact with a COUNT window, where successes
+ * take the lock-free path while failures fold them under the lock. */
+static void test_threaded_fast_totals_exact(void **state)
+{
+    (void)state;
+    fixture f = make(&(mb_breaker_opts){.window_size = 1000});
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, THREADS);
+    worker w[THREADS];
+    pthread_t th[THREADS];
+    for (unsigned i = 0; i < THREADS; i++) {
+        w[i] = (worker){f.b, f.mc, &start};
+        assert_int_equal(pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
+    }
+    for (unsigned i = 0; i < THREADS; i++)
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+    pthread_barrier_destroy(&start);
+    mb_breaker_stats s = stats(f.b);
+    assert_int_equal(s.state, MB_BREAKER_CLOSED);
+    assert_int_equal(s.calls_total, THREADS * TRIES);
+    assert_int_equal(s.failures_total, THREADS * TRIES / 4);
+    assert_int_equal(s.window_calls, THREADS * TRIES < 1000 ? THREADS * TRIES : 1000);
+    assert_true(s.window_failures <= s.window_calls / 4 + THREADS);
+    assert_int_equal(s.stale_total, 0);
+    unmake(&f);
+}
+
+/* A ticket taken before an operator call is stale afterwards, also when the
+ * breaker is closed on both sides; a slow success is counted as slow. */
+static void test_fast_stale_and_slow(void **state)
+{
+    (void)state;
+    fixture f = make(&(mb_breaker_opts){.slow_call_ms = 100});
+    mb_breaker_ticket t;
+    assert_int_equal(mb_breaker_acquire(f.b, &t), MB_OK);
+    mb_breaker_reset(f.b);
+    mb_breaker_record(f.b, &t, MB_BREAKER_SUCCESS);
+    mb_breaker_stats s = stats(f.b);
+    assert_int_equal(s.stale_total, 1);
+    assert_int_equal(s.calls_total, 0);
+    assert_int_equal(mb_breaker_acquire(f.b, &t), MB_OK);
+    advance_ms(&f, 101);
+    mb_breaker_record(f.b, &t, MB_BREAKER_SUCCESS);
+    call(f.b, MB_BREAKER_SUCCESS);
+    s = stats(f.b);
+    assert_int_equal(s.calls_total, 2);
+    assert_int_equal(s.slow_total, 1);
+    assert_int_equal(s.window_slow, 1);
+    unmake(&f);
+}
+
 static void test_threaded_closed_totals_exact(void **state)
 {
     (void)state;
@@ -1122,6 +1252,11 @@ int main(void)
         cmocka_unit_test(test_metrics_text),
         cmocka_unit_test(test_threaded_half_open_admits_exactly_quota),
         cmocka_unit_test(test_threaded_closed_totals_exact),
+        cmocka_unit_test(test_fast_successes_keep_window_order),
+        cmocka_unit_test(test_fast_success_trips_at_min_calls),
+        cmocka_unit_test(test_fast_successes_counted_exactly),
+        cmocka_unit_test(test_fast_stale_and_slow),
+        cmocka_unit_test(test_threaded_fast_totals_exact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -757,6 +757,37 @@ static void test_budget_success_refunds_up_to_max(void **state)
     mb_metrics_destroy(m);
 }
 
+/* A refund gives back exactly what the acquire for that status took, up to
+ * the maximum, and moves the gauge by what it really gave. */
+static void test_budget_refund_gives_back_the_cost(void **state)
+{
+    (void)state;
+    mb_metrics *m = NULL;
+    assert_int_equal(mb_metrics_create(&m, NULL), MB_OK);
+    mb_retry_budget_opts o = {
+        .max_tokens = 20, .retry_cost = 5, .timeout_cost = 10, .success_refund = 3, .metrics = m};
+    mb_retry_budget *b = new_budget(&o);
+    assert_true(mb_retry_budget_acquire(b, MB_EIO));
+    assert_true(mb_retry_budget_acquire(b, MB_ETIMEOUT));
+    assert_int_equal(mb_retry_budget_tokens(b), 5);
+    mb_retry_budget_refund(b, MB_ETIMEOUT);
+    assert_int_equal(mb_retry_budget_tokens(b), 15);
+    mb_retry_budget_refund(b, MB_EIO);
+    assert_int_equal(mb_retry_budget_tokens(b), 20);
+    mb_retry_budget_success(b);
+    assert_true(mb_retry_budget_acquire(b, MB_EIO));
+    mb_retry_budget_success(b);        /* 18 */
+    mb_retry_budget_refund(b, MB_EIO); /* 23 would pass the max */
+    assert_int_equal(mb_retry_budget_tokens(b), 20);
+    /* The grants stay counted: they were granted. */
+    assert_int_equal(mb_retry_budget_granted(b), 3);
+    char *text = expose(m);
+    assert_true(has_line(text, "mudbus_retry_budget_tokens 20"));
+    free(text);
+    mb_retry_budget_destroy(b);
+    mb_metrics_destroy(m);
+}
+
 static void test_budget_metrics_text(void **state)
 {
     (void)state;
@@ -949,6 +980,7 @@ int main(void)
         cmocka_unit_test(test_budget_timeout_costs_ten),
         cmocka_unit_test(test_budget_refusal_takes_nothing),
         cmocka_unit_test(test_budget_success_refunds_up_to_max),
+        cmocka_unit_test(test_budget_refund_gives_back_the_cost),
         cmocka_unit_test(test_budget_metrics_text),
         cmocka_unit_test(test_budget_concurrent_accounting),
     };

@@ -873,6 +873,43 @@ static void test_concurrent_register(void **state)
 
 /* ---- no per-subject state ---- */
 
+/* The memo of the last subject (per thread) never answers for another
+ * snapshot or registry: a built subject resolves to the most specific
+ * pattern, also right after a registration that changes the answer. */
+static void test_memo_follows_registrations(void **state)
+{
+    mb_subject_registry *r = *state;
+    char buf[MB_SUBJECT_MAX + 1];
+    mb_subject_info info;
+    assert_int_equal(build1(r, "chat_say_room", "room_id", "vip", buf, NULL, NULL), MB_OK);
+    assert_int_equal(check_str(r, buf, &info, NULL, NULL), MB_OK);
+    assert_string_equal(info.name, "chat_say_room");
+    assert_int_equal(check_str(r, buf, &info, NULL, NULL), MB_OK);
+    assert_string_equal(info.name, "chat_say_room");
+    assert_int_equal(mb_subject_register(r, "vip", "chat.say.room.vip", MB_SCHEMA_EVENT, NULL),
+                     MB_OK);
+    assert_int_equal(check_str(r, buf, &info, NULL, NULL), MB_OK);
+    assert_string_equal(info.name, "vip");
+    assert_int_equal(info.schema, MB_SCHEMA_EVENT);
+    /* Built from the general pattern, the subject still resolves to the
+     * specific one. */
+    assert_int_equal(build1(r, "chat_say_room", "room_id", "vip", buf, NULL, NULL), MB_OK);
+    assert_int_equal(check_str(r, buf, &info, NULL, NULL), MB_OK);
+    assert_string_equal(info.name, "vip");
+    /* Another registry on this thread: its own answer (no such pattern). */
+    mb_subject_registry *r2 = NULL;
+    assert_int_equal(mb_subject_registry_create(NULL, &r2, NULL), MB_OK);
+    assert_int_equal(check_str(r2, buf, &info, NULL, NULL), MB_OK);
+    assert_string_equal(info.name, "chat_say_room");
+    assert_int_equal(check_str(r, buf, &info, NULL, NULL), MB_OK);
+    assert_string_equal(info.name, "vip");
+    /* A subject of the same length that differs only in a separator. */
+    assert_int_equal(check_str(r2, "chat.say.room-vip", NULL, NULL, NULL), MB_ESUBJECT);
+    mb_subject_registry_destroy(r2);
+    /* Checks on a hit are counted as checks. */
+    assert_true(sample(mb_subject_registry_metrics(r), "mudbus_subject_checks_total") == 5);
+}
+
 static size_t heap_in_use(void)
 {
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
@@ -928,6 +965,7 @@ int main(void)
         cmocka_unit_test(test_metrics_shared_registry),
         cmocka_unit_test_setup_teardown(test_concurrent_register, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_cache, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_memo_follows_registrations, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
