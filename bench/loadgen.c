@@ -34,6 +34,11 @@
  * callback. Received frames are read by the key scanner of loadgen_frame.c; a sample is also
  * checked strictly with jansson.
  *
+ * To bracket something else (bench/run_storm.sh: a reconnect storm made by
+ * a second loadgen), --window-signals starts the window at SIGUSR1 and ends
+ * it at SIGUSR2, --phase-file tells a script the phase, and --metrics reads
+ * the gateway's store and mute counters at both ends of the window.
+ *
  * Phases: connect (ramp, join) -> warm-up -> window -> drain (no more sends;
  * wait for the says in flight) -> close (a normal close frame on every
  * connection) -> done (context destroyed, loop closed, everything freed).
@@ -235,6 +240,8 @@ static void on_frame(lg_run *r, lg_client *c, const char *buf, size_t len)
 
     switch (f.ev) {
     case LG_EV_WELCOME:
+        if (c->state == CS_OPEN && !c->need_join)
+            lg_hist_add(&r->welcome_hist, now - c->connect_ns);
         if (c->state == CS_OPEN && !c->need_join) {
             c->need_join = 1;
             lws_callback_on_writable(c->wsi);
@@ -496,6 +503,8 @@ static void snapshot(lg_run *r, int end)
     double gw_main = r->o.gw_pid ? lg_proc_thread_cpu_s(r->o.gw_pid, r->o.gw_pid) : 0;
     double nats = r->o.nats_pid ? bu_proc_cpu_s(r->o.nats_pid) : 0;
     lg_sys_cpu_ticks(&busy, &total);
+    if (r->o.metrics && lg_metrics_read(r->o.host, r->o.port, end ? r->m1 : r->m0) != 0)
+        fprintf(stderr, "loadgen: cannot read the gateway's /metrics\n");
     if (end) {
         r->w_t1 = bu_now_ns();
         r->gw_cpu1 = gw;
@@ -520,6 +529,13 @@ static void set_phase(lg_run *r, int ph, uint64_t now)
 {
     r->phase = ph;
     r->t_phase = now;
+    if (r->o.phase_file) {
+        FILE *f = fopen(r->o.phase_file, "w");
+        if (f) {
+            fprintf(f, "%s\n", phase_name[ph]);
+            fclose(f);
+        }
+    }
     if (r->o.verbose)
         fprintf(stderr, "loadgen: [%6.1fs] phase %s\n", secs(now - r->t_start), phase_name[ph]);
 }
@@ -541,7 +557,7 @@ static void finish(lg_run *r, uint64_t now)
 {
     set_phase(r, PH_DONE, now);
     uv_timer_stop(&r->tick);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < LG_NSIG; i++)
         uv_signal_stop(&r->sig[i]);
     /* lws closes whatever is left and releases its loop handles; uv_run
      * returns once no handle is active. */
@@ -572,8 +588,11 @@ static void on_tick(uv_timer_t *t)
     case PH_CONNECT: {
         uint64_t allowed = (uint64_t)(secs(in_phase) * r->o.connect_rate) + 1;
         while (r->started < r->o.clients && r->started < allowed &&
-               r->connecting + r->joining < r->o.max_setup)
+               r->connecting + r->joining < r->o.max_setup) {
             start_client(r, &r->cl[r->started++]);
+            if (r->started == r->o.clients)
+                r->connects_started_s = secs(bu_now_ns() - r->t_phase);
+        }
         int done = r->started == r->o.clients && r->connecting == 0 && r->joining == 0;
         if (!done && secs(in_phase) < r->o.connect_timeout_s && !r->interrupted)
             break;
@@ -599,7 +618,7 @@ static void on_tick(uv_timer_t *t)
         schedule_says(r, now);
         if (r->interrupted) {
             begin_close(r, now);
-        } else if (secs(in_phase) >= r->o.warmup_s) {
+        } else if (secs(in_phase) >= r->o.warmup_s && (!r->o.window_signals || r->usr1)) {
             lg_hist_reset(&r->hist);
             snapshot(r, 0);
             set_phase(r, PH_WINDOW, now);
@@ -607,7 +626,8 @@ static void on_tick(uv_timer_t *t)
         break;
     case PH_WINDOW:
         schedule_says(r, now);
-        if (secs(in_phase) >= r->o.duration_s || r->interrupted) {
+        if (secs(in_phase) >= r->o.duration_s || r->interrupted ||
+            (r->o.window_signals && r->usr2)) {
             snapshot(r, 1);
             stop_sending(r);
             set_phase(r, PH_DRAIN, now);
@@ -634,7 +654,17 @@ static void on_tick(uv_timer_t *t)
 static void on_signal(uv_signal_t *s, int signum)
 {
     lg_run *r = s->data;
-    (void)signum;
+    if (signum == SIGUSR1 || signum == SIGUSR2) {
+        if (!r->o.window_signals)
+            return;
+        if (signum == SIGUSR1)
+            r->usr1 = 1;
+        else
+            r->usr2 = 1;
+        if (r->o.verbose)
+            fprintf(stderr, "loadgen: %s\n", signum == SIGUSR1 ? "SIGUSR1" : "SIGUSR2");
+        return;
+    }
     r->interrupted++;
     fprintf(stderr, "loadgen: interrupted; %s\n",
             r->interrupted > 1 ? "stopping now" : "ending the run (again to stop now)");
@@ -679,6 +709,8 @@ int main(int argc, char **argv)
         r->cl[i].room = i % r->o.rooms;
     }
     r->rss_before = r->rss_joined = r->rss_after = -1;
+    for (int i = 0; i < LG_METRICS; i++)
+        r->m0[i] = r->m1[i] = -1;
     if (r->o.gw_pid) {
         r->rss_before = lg_proc_rss_kib(r->o.gw_pid);
         r->gw_cpu_start = bu_proc_cpu_s(r->o.gw_pid);
@@ -691,10 +723,11 @@ int main(int argc, char **argv)
         goto out_free;
     uv_timer_init(&r->loop, &r->tick);
     r->tick.data = r;
-    for (int i = 0; i < 2; i++) {
+    static const int signums[LG_NSIG] = {SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    for (int i = 0; i < LG_NSIG; i++) {
         uv_signal_init(&r->loop, &r->sig[i]);
         r->sig[i].data = r;
-        uv_signal_start(&r->sig[i], on_signal, i ? SIGTERM : SIGINT);
+        uv_signal_start(&r->sig[i], on_signal, signums[i]);
     }
 
     memset(&info, 0, sizeof info);
@@ -717,7 +750,7 @@ int main(int argc, char **argv)
     if (r->ctx == NULL) {
         fprintf(stderr, "loadgen: lws_create_context failed\n");
         uv_close((uv_handle_t *)&r->tick, NULL);
-        for (int i = 0; i < 2; i++)
+        for (int i = 0; i < LG_NSIG; i++)
             uv_close((uv_handle_t *)&r->sig[i], NULL);
         uv_run(&r->loop, UV_RUN_DEFAULT);
         uv_loop_close(&r->loop);
@@ -734,7 +767,7 @@ int main(int argc, char **argv)
     if (r->ctx != NULL)
         lws_context_destroy(r->ctx);
     uv_close((uv_handle_t *)&r->tick, NULL);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < LG_NSIG; i++)
         uv_close((uv_handle_t *)&r->sig[i], NULL);
     uv_run(&r->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&r->loop) != 0)

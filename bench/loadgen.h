@@ -25,6 +25,8 @@
 #define LG_CLOSE_NS    3000000000ull
 #define LG_SAY_TIMEOUT 5000000000ull /* a say in flight (--max) is given up */
 #define LG_PROGRESS_NS 1000000000ull
+#define LG_METRICS     4 /* gateway metrics read with --metrics (lg_metric_names) */
+#define LG_NSIG        4 /* SIGINT, SIGTERM, SIGUSR1, SIGUSR2 */
 
 /* A client's life: IDLE -> CONNECTING -> OPEN (upgraded, waiting for the
  * welcome) -> JOINING (join sent) -> JOINED (join acked) or JOINFAIL (join
@@ -62,6 +64,9 @@ typedef struct lg_opts {
     unsigned dump;
     const char *id_prefix;
     const char *room_prefix;
+    int metrics;            /* read the gateway's /metrics at both ends of the window */
+    int window_signals;     /* the window starts at SIGUSR1 and ends at SIGUSR2 */
+    const char *phase_file; /* the current phase's name is written there */
 } lg_opts;
 
 /* One WebSocket client. */
@@ -98,12 +103,13 @@ typedef struct lg_run {
     lg_opts o;
     uv_loop_t loop;
     uv_timer_t tick;
-    uv_signal_t sig[2];
+    uv_signal_t sig[LG_NSIG];
     struct lws_context *ctx;
     lg_client *cl;
     uint32_t *room_joined; /* joined clients per room */
     int phase;
     int interrupted;
+    int usr1, usr2; /* --window-signals: SIGUSR1 / SIGUSR2 seen */
     int exit_code;
     uint64_t t_start, t_phase, t_send0, t_progress, t_expire;
 
@@ -111,6 +117,7 @@ typedef struct lg_run {
     unsigned started, connecting, opened, joining, joined, join_failed, failed, open_now;
     unsigned closed_by_us;
     double connect_s;
+    double connects_started_s;           /* when the last connection was started */
     double gw_cpu_start, gw_cpu_connect; /* gateway CPU at start, spent connecting */
     unsigned rr;                         /* round-robin cursor over clients for sends */
 
@@ -135,7 +142,9 @@ typedef struct lg_run {
     uint64_t w_says, w_deliveries, w_frames, w_t0, w_t1;
     uint64_t w_ev_count[LG_EV_COUNT];
     lg_hist hist;
-    lg_hist setup_hist; /* connect start to join ack, every joined client */
+    lg_hist setup_hist;                    /* connect start to join ack, every joined client */
+    lg_hist welcome_hist;                  /* connect start to welcome, every client welcomed */
+    double m0[LG_METRICS], m1[LG_METRICS]; /* --metrics; -1: not read */
     double gw_main0, gw_main1, gw_cpu0, gw_cpu1, nats_cpu0, nats_cpu1, self_cpu0, self_cpu1;
     uint64_t sys_busy0, sys_total0, sys_busy1, sys_total1;
     long rss_before, rss_joined, rss_after;
@@ -143,6 +152,12 @@ typedef struct lg_run {
 
     unsigned char tx[LWS_PRE + LG_TX_MAX];
 } lg_run;
+
+/* The gateway metrics --metrics reads, and reading them: GET /metrics from
+ * host:port (blocking, up to 2 s); v[i] is the value of the unlabelled
+ * sample lg_metric_names[i], -1 when absent. Returns 0 or -1. */
+extern const char *const lg_metric_names[LG_METRICS];
+int lg_metrics_read(const char *host, int port, double v[LG_METRICS]);
 
 /* Fills *o from the command line and the environment (the secret may come
  * from MUDBUS_AUTH_JWT_SECRET). Returns 0, or -1 after printing why to

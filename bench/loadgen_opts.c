@@ -35,6 +35,11 @@ static void usage(FILE *f)
             "  --dump N            print the first N frames received to stderr\n"
             "  --id-prefix P       player ids are P<i> (default lg)\n"
             "  --room-prefix P     (default bench_zone_sub_room)\n"
+            "  --metrics           read the gateway's /metrics at both ends of the window and\n"
+            "                      report the deltas of its store and mute counters\n"
+            "  --window-signals    the window starts at SIGUSR1 (once warmed up) and ends at\n"
+            "                      SIGUSR2 or after --duration (to bracket another run)\n"
+            "  --phase-file F      write the current phase's name to F at every change\n"
             "  --json              one JSON line on stdout (the summary goes to stderr)\n"
             "  --strict            exit 3 if a delivery or protocol check failed\n"
             "  --quiet             no progress lines; --verbose: phase changes, lws warnings\n",
@@ -110,6 +115,9 @@ int lg_opts_parse(lg_opts *o, int argc, char **argv)
         O_DUMP,
         O_IDP,
         O_ROOMP,
+        O_METRICS,
+        O_WSIG,
+        O_PFILE,
         O_HELP
     };
     static const struct option longs[] = {
@@ -136,6 +144,9 @@ int lg_opts_parse(lg_opts *o, int argc, char **argv)
         {"dump", required_argument, NULL, O_DUMP},
         {"id-prefix", required_argument, NULL, O_IDP},
         {"room-prefix", required_argument, NULL, O_ROOMP},
+        {"metrics", no_argument, NULL, O_METRICS},
+        {"window-signals", no_argument, NULL, O_WSIG},
+        {"phase-file", required_argument, NULL, O_PFILE},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -237,6 +248,15 @@ int lg_opts_parse(lg_opts *o, int argc, char **argv)
             break;
         case O_ROOMP:
             o->room_prefix = optarg;
+            break;
+        case O_METRICS:
+            o->metrics = 1;
+            break;
+        case O_WSIG:
+            o->window_signals = 1;
+            break;
+        case O_PFILE:
+            o->phase_file = optarg;
             break;
         case O_HELP:
         case 'h':

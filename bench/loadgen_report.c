@@ -5,10 +5,95 @@
 #endif
 #include "loadgen.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
 #include <inttypes.h>
+#include <netdb.h>
+#include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
+
+#include "bench_util.h"
+
+/* ---- the gateway's /metrics (--metrics) ---- */
+
+const char *const lg_metric_names[LG_METRICS] = {
+    "mudbus_gateway_store_statements",
+    "mudbus_gateway_mute_loads_total",
+    "mudbus_gateway_mute_filtered_total",
+    "mudbus_gateway_mute_load_failures_total",
+};
+
+#define LG_METRICS_MAX (1u << 20) /* bytes of a /metrics answer we read */
+
+int lg_metrics_read(const char *host, int port, double v[LG_METRICS])
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+    char portstr[16], req[512];
+    int fd = -1, rc = -1;
+    size_t len = 0;
+    char *buf = malloc(LG_METRICS_MAX + 1);
+    uint64_t deadline = bu_now_ns() + 2000000000ull;
+    for (int i = 0; i < LG_METRICS; i++)
+        v[i] = -1;
+    snprintf(portstr, sizeof portstr, "%d", port);
+    if (buf == NULL || getaddrinfo(host, portstr, &hints, &ai) != 0)
+        goto out;
+    fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+    if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) != 0)
+        goto out;
+    int n = snprintf(req, sizeof req,
+                     "GET /metrics HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", host);
+    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n)
+        goto out;
+    for (;;) {
+        uint64_t now = bu_now_ns();
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (now >= deadline || len >= LG_METRICS_MAX)
+            break;
+        int pr = poll(&pfd, 1, (int)((deadline - now) / 1000000u) + 1);
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr <= 0)
+            break;
+        ssize_t got = recv(fd, buf + len, LG_METRICS_MAX - len, 0);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            break;
+        len += (size_t)got;
+    }
+    buf[len] = '\0';
+    if (strncmp(buf, "HTTP/1.1 200", 12) != 0)
+        goto out;
+    /* Lines "name value" (no labels). The gateway answers with a
+     * content-length (about 15 KiB), not chunked, so lines are whole. */
+    for (char *line = buf; line && *line;
+         line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        for (int i = 0; i < LG_METRICS; i++) {
+            size_t nl = strlen(lg_metric_names[i]);
+            if (strncmp(line, lg_metric_names[i], nl) == 0 && line[nl] == ' ')
+                v[i] = strtod(line + nl + 1, NULL);
+        }
+    }
+    rc = 0;
+out:
+    if (fd >= 0)
+        close(fd);
+    if (ai)
+        freeaddrinfo(ai);
+    free(buf);
+    return rc;
+}
+
+static double metric_delta(const lg_run *r, int i)
+{
+    return r->m0[i] >= 0 && r->m1[i] >= 0 ? r->m1[i] - r->m0[i] : -1;
+}
 
 static double secs(uint64_t ns)
 {
@@ -83,6 +168,13 @@ void lg_report(const lg_run *r)
                 (double)lg_hist_quantile(&r->setup_hist, 0.5) / 1e6,
                 (double)lg_hist_quantile(&r->setup_hist, 0.99) / 1e6,
                 (double)r->setup_hist.max / 1e6);
+    fprintf(out, "  connect   all %u connections started after %.3f s\n", o->clients,
+            r->connects_started_s);
+    if (r->welcome_hist.count)
+        fprintf(out, "  connect   connect to welcome, ms: p50 %.1f  p99 %.1f  max %.1f\n",
+                (double)lg_hist_quantile(&r->welcome_hist, 0.5) / 1e6,
+                (double)lg_hist_quantile(&r->welcome_hist, 0.99) / 1e6,
+                (double)r->welcome_hist.max / 1e6);
     if (o->gw_pid && r->connect_s > 0)
         fprintf(out,
                 "  connect   gateway CPU %.1f%% of a core while connecting, %.0f us per joined "
@@ -149,6 +241,13 @@ void lg_report(const lg_run *r)
         fprintf(out, "%s (%s)\n", (w ? r->w_frames : r->frames) ? "" : " none",
                 w ? "in the window" : "whole run");
     }
+    if (o->metrics) {
+        fprintf(out, "  metrics   in the window:");
+        for (int i = 0; i < LG_METRICS; i++)
+            fprintf(out, " %s +%.0f", lg_metric_names[i] + strlen("mudbus_gateway_"),
+                    metric_delta(r, i));
+        fprintf(out, "\n");
+    }
     fprintf(out, "  closes    by the server: %s; by us: %u\n", closes, r->closed_by_us);
     fprintf(out, "  errors    %s; acks %" PRIu64 "\n", errs, r->acks);
     fprintf(out,
@@ -182,7 +281,7 @@ void lg_report(const lg_run *r)
         "\"expected_total\":%" PRIu64 ",\"received_total\":%" PRIu64 ",\"missing\":%" PRIu64
         ",\"skipped\":%" PRIu64 ",\"say_timeouts\":%" PRIu64 ",\"closes\":%s,"
         "\"closed_by_us\":%u,\"errors\":%s,\"validated\":%" PRIu64 ",\"invalid\":%" PRIu64
-        ",\"seq_gaps\":%" PRIu64 ",\"unreadable\":%" PRIu64 ",\"echo_errors\":%" PRIu64 "}\n",
+        ",\"seq_gaps\":%" PRIu64 ",\"unreadable\":%" PRIu64 ",\"echo_errors\":%" PRIu64,
         mode, o->clients, o->rooms, o->rate, o->max_mode ? o->inflight : 0, win,
         r->interrupted ? "true" : "false", r->opened, r->failed, r->joined, r->join_failed,
         r->connect_s, (double)lg_hist_quantile(&r->setup_hist, 0.5) / 1e6,
@@ -197,6 +296,16 @@ void lg_report(const lg_run *r)
         win > 0 ? 100 * self_cpu / win : 0, sys_pct, ncpu, r->sched_drops, r->expected,
         r->deliveries, lost, r->skipped, r->timeouts, closes_js, r->closed_by_us, errs_js,
         r->validated, r->invalid, r->seq_errors, r->bad_frames, r->echo_errors);
+    printf(",\"connects_started_s\":%.3f", r->connects_started_s);
+    printf(",\"welcome_p50_ms\":%.2f,\"welcome_p99_ms\":%.2f,\"welcome_max_ms\":%.2f",
+           (double)lg_hist_quantile(&r->welcome_hist, 0.5) / 1e6,
+           (double)lg_hist_quantile(&r->welcome_hist, 0.99) / 1e6,
+           (double)r->welcome_hist.max / 1e6);
+    if (o->metrics)
+        for (int i = 0; i < LG_METRICS; i++)
+            printf(",\"d_%s\":%.0f", lg_metric_names[i] + strlen("mudbus_gateway_"),
+                   metric_delta(r, i));
+    printf("}\n");
     fflush(stdout);
 }
 

@@ -130,8 +130,9 @@ fi
 start_gateway() { # name
     local portfile="$tmp/gw-$1.port"
     rm -f "$portfile"
-    setsid "$gw_bin" --listen 127.0.0.1:0 --port-file "$portfile" \
-        --nats "nats://127.0.0.1:$nats_port" --no-rate-limits >"$tmp/gw-$1.log" 2>&1 &
+    MUDBUS_STORE_SQLITE_PATH="$tmp/mutes-$1.db" setsid "$gw_bin" --listen 127.0.0.1:0 \
+        --port-file "$portfile" --nats "nats://127.0.0.1:$nats_port" --no-rate-limits \
+        >"$tmp/gw-$1.log" 2>&1 &
     gw_pid=$!
     gw_port=
     for _ in $(seq 200); do

@@ -50,7 +50,8 @@ for _ in $(seq 50); do
 done
 
 rm -f "$DATA/port"
-MUDBUS_AUTH_JWT_SECRET_FILE=$DATA/jwt_secret build/mudbus-gateway \
+MUDBUS_AUTH_JWT_SECRET_FILE=$DATA/jwt_secret MUDBUS_STORE_SQLITE_PATH=$DATA/mutes.db \
+    build/mudbus-gateway \
     --listen "127.0.0.1:$PORT" --nats "nats://127.0.0.1:$NATS_PORT" --web-root "$ROOT/web" \
     --dev-login --port-file "$DATA/port" 2>>"$DATA/gateway.log" &
 pids+=($!)

@@ -19,12 +19,14 @@ set -euo pipefail
 pkgs_build=(
     gcc make libc6-dev cmake pkg-config git ca-certificates
     libjansson-dev libcmocka-dev libnats-dev libinih-dev
-    libwebsockets-dev libuv1-dev libjwt-dev libssl-dev
+    libwebsockets-dev libuv1-dev libjwt-dev libssl-dev libsqlite3-dev libpq-dev
 )
 pkgs_demo=(nats-server curl)
+# postgresql: the mute store tests start a real PostgreSQL server (initdb, pg_ctl).
 # python3-websockets: the gateway's integration tests; chromium + node/npm:
 # the browser test (npm only fetches playwright-core, never a browser).
-pkgs_test=(clang clang-format libclang-rt-14-dev llvm openssl python3 python3-websockets chromium)
+pkgs_test=(clang clang-format libclang-rt-14-dev llvm openssl python3 python3-websockets chromium
+    postgresql)
 if ! command -v npm >/dev/null 2>&1; then
     pkgs_test+=(nodejs npm)
 fi

@@ -12,8 +12,9 @@
 #                 target runs MB_FUZZ_SECONDS (default 30) from a copy of
 #                 fuzz/corpus/<name> in a temp dir (the repository is never
 #                 written), failing on any crash, leak or timeout
-#   5. bench      every bench_* of build-test/ with MB_BENCH_QUICK=1, to prove
-#                 it runs (timings are printed, never asserted)
+#   5. bench      every bench_* of build-test/, bench/run_loadgen.sh and
+#                 bench/run_storm.sh with MB_BENCH_QUICK=1, to prove they run
+#                 (timings are printed, never asserted)
 #
 # Usage: scripts/test.sh   (from any directory; run as root on Debian 12)
 # Environment: MB_FUZZ_SECONDS (default 30) per fuzz target.
@@ -166,6 +167,14 @@ if MB_BENCH_QUICK=1 bench/run_loadgen.sh build-test/mudbus-gateway build-test/lo
 else
     failed=$((failed + 1))
     echo "test.sh: bench/run_loadgen.sh failed" >&2
+    exit 1
+fi
+echo "-- bench/run_storm.sh (mute loading in a reconnect storm, filter cost; quick)"
+if MB_BENCH_QUICK=1 bench/run_storm.sh build-test/mudbus-gateway build-test/loadgen; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1))
+    echo "test.sh: bench/run_storm.sh failed" >&2
     exit 1
 fi
 step="done"

@@ -28,7 +28,7 @@ const char *const gw_chan_names[GW_CH__COUNT] = {
 #undef GW_X
 };
 
-static int64_t wall_ms(void)
+int64_t gw_wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -42,19 +42,13 @@ static bool nats_up(gw *g)
     return h.live > 0;
 }
 
-bool gw_filter_allows(gw *g, gw_sess *s, const char *sender_id, gw_chan ch)
-{
-    (void)g, (void)s, (void)sender_id, (void)ch;
-    return true; /* personal and channel mutes: the mutes issue plugs in here */
-}
-
 /* ---- replies ---- */
 
 void gw_send_error(gw *g, gw_sess *s, const char *id, gw_err_code code, const char *msg,
                    uint64_t retry_after_ms)
 {
     gw_buf *b = &g->scratch;
-    gw_env_begin(b, "error", wall_ms(), NULL, NULL);
+    gw_env_begin(b, "error", gw_wall_ms(), NULL, NULL);
     gw_buf_put(b, "{", 1);
     if (id) {
         gw_buf_key(b, "id");
@@ -82,7 +76,7 @@ static void send_ack(gw *g, gw_sess *s, const char *id, const char *message_id)
     if (!id && !message_id)
         return;
     gw_buf *b = &g->scratch;
-    gw_env_begin(b, "ack", wall_ms(), NULL, NULL);
+    gw_env_begin(b, "ack", gw_wall_ms(), NULL, NULL);
     gw_buf_put(b, "{", 1);
     if (id) {
         gw_buf_key(b, "id");
@@ -101,7 +95,7 @@ static void send_ack(gw *g, gw_sess *s, const char *id, const char *message_id)
 void gw_welcome(gw *g, gw_sess *s)
 {
     gw_buf *b = &g->scratch;
-    gw_env_begin(b, "welcome", wall_ms(), s->room ? s->room->id : NULL, s->pe->id);
+    gw_env_begin(b, "welcome", gw_wall_ms(), s->room ? s->room->id : NULL, s->pe->id);
     gw_buf_put(b, "{", 1);
     gw_buf_key(b, "player_id");
     gw_buf_jstr(b, s->pe->id, strlen(s->pe->id));
@@ -116,6 +110,11 @@ void gw_welcome(gw *g, gw_sess *s)
 
 void gw_publish_presence(gw *g, gw_sess *s, const char *event, const char *room_id)
 {
+    /* The start room may be a quiet lobby: with thousands arriving at once,
+     * announcing every arrival to everyone there grows with the square of the
+     * crowd. */
+    if (!g->cfg->start_room_presence && strcmp(room_id, g->cfg->start_room) == 0)
+        return;
     gw_buf data = {0};
     gw_buf_put(&data, "{", 1);
     gw_buf_key(&data, "player_id");
@@ -183,6 +182,14 @@ static void whisper_run(gw_work *w)
     mb_err err = {0};
     j->st = mb_client_request(j->g->nats, j->subject, j->payload, j->len,
                               j->g->cfg->whisper_timeout_ms, &r, &err);
+    /* No answer: the target may have left while the request was on its way
+     * (their subscription went with it). Once more: now "no responders"
+     * tells. */
+    if (j->st == MB_ETIMEOUT) {
+        mb_err_clear(&err);
+        j->st = mb_client_request(j->g->nats, j->subject, j->payload, j->len,
+                                  j->g->cfg->whisper_timeout_ms, &r, &err);
+    }
     snprintf(j->err, sizeof j->err, "%s", err.msg);
     /* The target's gateway answers whether a session of the player got it. */
     if (j->st == MB_OK && !strstr(r->data, "\"delivered\":true"))
@@ -211,8 +218,8 @@ static void whisper_done(gw_work *w)
                 gw_buf_puts(&msg, " whispers: ");
                 gw_buf_puts(&msg, j->content);
                 char ts[40];
-                mb_timestamp_format(wall_ms(), ts);
-                gw_env_begin(b, "chat_message", wall_ms(), NULL, NULL);
+                mb_timestamp_format(gw_wall_ms(), ts);
+                gw_env_begin(b, "chat_message", gw_wall_ms(), NULL, NULL);
                 chat_frame_data(b, j->message_id, "whisper", s->pe->id, s->pe->name, j->content,
                                 msg.oom ? "" : msg.p, ts, j->target, NULL, NULL);
                 gw_buf_puts(b, ",\"echo\":true}}");
@@ -285,6 +292,17 @@ static void start_whisper(gw *g, gw_sess *s, const gw_cmd *c, mb_chat_msg *m, bo
     mb_gauge_set(g->st.work_queue, (int64_t)gw_work_depth(g->work));
 }
 
+bool gw_rate_take(gw *g, gw_pent *pe, unsigned which, uint32_t per_minute, uint64_t *retry_after_ms)
+{
+    if (!per_minute)
+        return true;
+    if (!pe->buckets && !(pe->buckets = calloc(GW_CH__COUNT + 1, sizeof *pe->buckets))) {
+        *retry_after_ms = 1000; /* out of memory: come back later */
+        return false;
+    }
+    return gw_bucket_take(&pe->buckets[which], per_minute, gw_now_mono_ms(g), retry_after_ms);
+}
+
 static gw_chan cmd_chan(gw_cmd_type t)
 {
     switch (t) {
@@ -315,6 +333,18 @@ static void chat_cmd(gw *g, gw_sess *s, const gw_cmd *c)
         gw_send_error(g, s, c->id, GW_ERR_FORBIDDEN, "system messages are for admins", 0);
         return;
     }
+    if (ch != GW_CH_SYSTEM) {
+        char m[GW_ERR_MSG_MAX];
+        if (s->pe->mutes.state != GW_MUTES_LOADED) {
+            gw_send_error(g, s, c->id, GW_ERR_UNAVAILABLE,
+                          "your mutes are not loaded yet: nothing was sent", 0);
+            return;
+        }
+        if (!gw_mutes_may_speak(s->pe, s->admin, ch, gw_wall_ms(), m, sizeof m)) {
+            gw_send_error(g, s, c->id, GW_ERR_MUTED, m, 0);
+            return;
+        }
+    }
     if (c->content_chars > cfg->max_chars[ch]) {
         char m[GW_ERR_MSG_MAX];
         snprintf(m, sizeof m, "content: %zu characters exceeds %u for %s", c->content_chars,
@@ -335,8 +365,7 @@ static void chat_cmd(gw *g, gw_sess *s, const gw_cmd *c)
         return;
     }
     uint64_t retry = 0;
-    if (cfg->rate_limits &&
-        !gw_bucket_take(&s->pe->buckets[ch], cfg->per_minute[ch], gw_now_mono_ms(g), &retry)) {
+    if (cfg->rate_limits && !gw_rate_take(g, s->pe, ch, cfg->per_minute[ch], &retry)) {
         char m[GW_ERR_MSG_MAX];
         snprintf(m, sizeof m, "%s: at most %u per minute", gw_chan_names[ch], cfg->per_minute[ch]);
         gw_send_error(g, s, c->id, GW_ERR_RATE_LIMITED, m, retry);
@@ -413,7 +442,7 @@ static void join_cmd(gw *g, gw_sess *s, const gw_cmd *c)
     }
     uint64_t retry = 0;
     if (g->cfg->rate_limits &&
-        !gw_bucket_take(&s->pe->join_bucket, g->cfg->join_per_minute, gw_now_mono_ms(g), &retry)) {
+        !gw_rate_take(g, s->pe, GW_BUCKET_JOIN, g->cfg->join_per_minute, &retry)) {
         char m[GW_ERR_MSG_MAX];
         snprintf(m, sizeof m, "join: at most %u per minute", g->cfg->join_per_minute);
         gw_send_error(g, s, c->id, GW_ERR_RATE_LIMITED, m, retry);
@@ -453,7 +482,7 @@ void gw_handle_frame(gw *g, gw_sess *s, const char *buf, size_t len)
     switch (cmd.type) {
     case GW_CMD_PING: {
         gw_buf *b = &g->scratch;
-        gw_env_begin(b, "pong", wall_ms(), NULL, NULL);
+        gw_env_begin(b, "pong", gw_wall_ms(), NULL, NULL);
         gw_buf_put(b, "{", 1);
         if (cmd.id) {
             gw_buf_key(b, "id");
@@ -476,15 +505,8 @@ void gw_handle_frame(gw *g, gw_sess *s, const char *buf, size_t len)
     case GW_CMD_SYSTEM:
         chat_cmd(g, s, &cmd);
         return;
-    default:
-        if ((cmd.type == GW_CMD_MUTE_GLOBAL || cmd.type == GW_CMD_UNMUTE_GLOBAL) && !s->admin) {
-            gw_send_error(g, s, cmd.id, GW_ERR_FORBIDDEN, "global mutes are for admins", 0);
-            return;
-        }
-        /* mute, unmute, mute_channel, unmute_channel, mute_global,
-         * unmute_global, mutes: need the mute store (not in this build). */
-        gw_send_error(g, s, cmd.id, GW_ERR_INTERNAL, "mutes are not available on this gateway yet",
-                      0);
+    default: /* mute, unmute, mute_channel, unmute_channel, mute_global, unmute_global, mutes */
+        gw_mutes_cmd(g, s, &cmd);
         return;
     }
 }
@@ -563,20 +585,43 @@ typedef struct fanout {
     gw *g;
     gw_frame *f, *echo;
     const char *sender_id;
+    uint32_t sender_hash;
+    int64_t now_ms;        /* mutes expire by the wall clock */
     const char *target_id; /* chat.system for one player */
     gw_chan ch;
     bool filtered; /* receiver-side filtering applies */
     bool event;    /* a game event (metrics) */
 } fanout;
 
+void gw_deliver(gw *g, gw_sess *s, gw_frame *f, const char *sender, uint32_t sender_hash,
+                gw_chan ch, bool filtered, int64_t now_ms)
+{
+    if (s->pe->mutes.state != GW_MUTES_LOADED) {
+        /* No message reaches a player unfiltered: wait for the mutes. */
+        uint64_t skipped = s->q.skipped;
+        if (!gw_mutes_hold(s, f, sender, sender_hash, ch, filtered)) {
+            mb_counter_add(g->st.slow_closes, 1);
+            gw_log("warn", "event=slow_client_closed player=%s waiting_for_mutes=1", s->pe->id);
+            gw_close(s, 4008, "slow client");
+        } else if (s->q.skipped != skipped) {
+            mb_counter_add(g->st.drops, 1);
+        }
+        return;
+    }
+    if (filtered && !gw_mutes_allow(s->pe, sender, sender_hash, ch, now_ms)) {
+        mb_counter_add(g->st.mute_filtered, 1);
+        return;
+    }
+    gw_send(s, f);
+}
+
 static void deliver(fanout *fo, gw_sess *s)
 {
     if (s->closed || s->closing)
         return;
     bool own = fo->sender_id && strcmp(s->pe->id, fo->sender_id) == 0;
-    if (fo->filtered && !own && !gw_filter_allows(fo->g, s, fo->sender_id, fo->ch))
-        return;
-    gw_send(s, own && fo->echo ? fo->echo : fo->f);
+    gw_deliver(fo->g, s, own && fo->echo ? fo->echo : fo->f, fo->sender_id, fo->sender_hash, fo->ch,
+               fo->filtered && !own, fo->now_ms);
     mb_counter_add(fo->g->st.msgs_out[fo->event ? GW_CH__COUNT : fo->ch], 1);
 }
 
@@ -638,7 +683,7 @@ static void on_chat(gw *g, const mb_msg *m, json_t *o)
     gw_buf *b = &g->scratch;
     size_t open_len = 0;
     for (int pass = 0; pass < 2; pass++) {
-        gw_env_begin(b, "chat_message", wall_ms(), room, NULL);
+        gw_env_begin(b, "chat_message", gw_wall_ms(), room, NULL);
         chat_frame_data(b, mid, channel, sender_id, name, content, line.oom ? "" : line.p,
                         jstr(o, "timestamp"), jstr(o, "target_id"), jstr(o, "target_name"),
                         jstr(o, "speaker_kind"));
@@ -667,9 +712,11 @@ static void on_chat(gw *g, const mb_msg *m, json_t *o)
     gw_frame_class cls = critical ? GW_CRITICAL : GW_AMBIENT;
     fanout fo = {.g = g,
                  .sender_id = sender_id,
+                 .sender_hash = sender_id ? gw_hash(sender_id) : 0,
+                 .now_ms = gw_wall_ms(),
                  .target_id = jstr(o, "target_id"),
                  .ch = ch,
-                 .filtered = ch != GW_CH_SYSTEM};
+                 .filtered = ch != GW_CH_SYSTEM && !admin};
     if (!b->oom)
         fo.f = gw_frame_new(b->p, b->len, cls);
     /* The sender's own copy (only when the sender is here, and not for a
@@ -701,7 +748,7 @@ static void on_event(gw *g, const mb_msg *m, json_t *o)
     }
     const char *room = jstr(o, "room_id");
     gw_buf *b = &g->scratch;
-    gw_env_begin(b, type, wall_ms(), room, jstr(o, "player_id"));
+    gw_env_begin(b, type, gw_wall_ms(), room, jstr(o, "player_id"));
     gw_buf_puts(b, dtext);
     gw_buf_put(b, "}", 1);
     free(dtext);
@@ -721,6 +768,10 @@ mb_handled gw_on_nats(void *ctx, const mb_msg *m)
 {
     gw *g = ctx;
     mb_counter_add(g->st.nats_in, 1);
+    if (m->pattern && strcmp(m->pattern, "mutes_changed") == 0) {
+        gw_mutes_changed(g, last_token(m->subject)); /* the store has it: load again */
+        return MB_HANDLED_OK;
+    }
     json_error_t je;
     json_t *o = json_loadb(m->data, m->len, 0, &je);
     if (!o)
@@ -730,13 +781,13 @@ mb_handled gw_on_nats(void *ctx, const mb_msg *m)
     else
         on_event(g, m, o);
     json_decref(o);
-    gw_pent *pe;
+    /* A whisper is a request: answer it when the target is here (a gateway
+     * where the target is not stays silent: another one may have them). */
     if (m->reply && strcmp(m->pattern, "chat_whisper_player") == 0 &&
-        (pe = gw_player_find(g, last_token(m->subject)))) {
-        /* A player who just left (entry lingering): "not delivered". */
-        const char *r = pe->n ? "{\"delivered\":true}" : "{\"delivered\":false}";
+        gw_player_find(g, last_token(m->subject))) {
+        static const char r[] = "{\"delivered\":true}";
         mb_err err;
-        if (mb_client_respond(g->nats, m, r, strlen(r), &err) != MB_OK)
+        if (mb_client_respond(g->nats, m, r, sizeof r - 1, &err) != MB_OK)
             gw_log("warn", "event=whisper_reply_failed error=\"%s\"", err.msg);
     }
     return MB_HANDLED_OK;

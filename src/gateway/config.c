@@ -24,12 +24,13 @@
 
 static const char *const sections[] = {"gateway", "nats", "auth", "limits", "store", NULL};
 static const char *const gateway_keys[] = {
-    "listen",          "web_root",        "instance_id",     "start_room",       "max_connections",
-    "queue_max_msgs",  "queue_max_bytes", "queue_hard_msgs", "queue_hard_bytes", "socket_sndbuf",
-    "whisper_timeout", "drain_timeout",   "workers",         "port_file",        NULL};
+    "listen",           "web_root",       "instance_id",         "start_room",
+    "max_connections",  "queue_max_msgs", "queue_max_bytes",     "queue_hard_msgs",
+    "queue_hard_bytes", "socket_sndbuf",  "whisper_timeout",     "drain_timeout",
+    "workers",          "port_file",      "start_room_presence", NULL};
 static const char *const auth_keys[] = {"jwt_secret", "jwt_secret_file", "dev_login",
                                         "dev_token_ttl", NULL};
-static const char *const store_keys[] = {"backend", "sqlite_path", "postgres_url", NULL};
+static const char *const store_keys[] = {"backend", "sqlite_path", "postgres_url", "timeout", NULL};
 
 static void usage(FILE *f)
 {
@@ -194,6 +195,10 @@ int gw_config_load(gw_config *c, int argc, char **argv, char **envp)
     c->instance_id = strdup(inst ? inst : mb_config_get_str(cfg, "gateway", "instance_id", defid));
     c->start_room =
         strdup(mb_config_get_str(cfg, "gateway", "start_room", "earth_arkham_city_square"));
+    bool srp;
+    if (mb_config_get_bool(cfg, "gateway", "start_room_presence", true, &srp, &err) != MB_OK)
+        return fail("gateway", err.msg);
+    c->start_room_presence = srp;
     c->port_file =
         dup_or_null(port_file ? port_file : mb_config_get_str(cfg, "gateway", "port_file", NULL));
     uint64_t v, qmax, qhard;
@@ -290,10 +295,33 @@ int gw_config_load(gw_config *c, int argc, char **argv, char **envp)
     if (mb_config_check_keys(cfg, "limits", limit_keys, &err) != MB_OK)
         return fail("config", err.msg);
 
-    /* [store]: checked here; used by the mutes feature. */
+    /* [store]: the mute store. "none" turns mutes off (the commands answer
+     * `unavailable`); the default is SQLite in $STATE_DIRECTORY (systemd) or
+     * the working directory. */
     const char *backend = mb_config_get_str(cfg, "store", "backend", "sqlite");
-    if (strcmp(backend, "sqlite") != 0 && strcmp(backend, "postgres") != 0)
-        return fail("store backend", "must be sqlite or postgres");
+    if (strcmp(backend, "sqlite") != 0 && strcmp(backend, "postgres") != 0 &&
+        strcmp(backend, "none") != 0)
+        return fail("store backend", "must be sqlite, postgres or none");
+    if (strcmp(backend, "none") != 0) {
+        c->store.backend = backend;
+        const char *state = getenv("STATE_DIRECTORY");
+        char defpath[4096];
+        snprintf(defpath, sizeof defpath, "%s%smudbus-mutes.db", state ? state : "",
+                 state ? "/" : "");
+        c->sqlite_path_buf = strdup(mb_config_get_str(cfg, "store", "sqlite_path", defpath));
+        c->store.sqlite_path = c->sqlite_path_buf;
+        c->store.postgres_url = mb_config_get_str(cfg, "store", "postgres_url", NULL);
+        if (strcmp(backend, "postgres") == 0 && !c->store.postgres_url)
+            return fail("store", "backend postgres needs postgres_url (a libpq connection "
+                                 "string, e.g. postgresql://mudbus@db/mudbus)");
+        if (mb_config_get_duration_ms(cfg, "store", "timeout", 5000, 100, 600000, &v, &err) !=
+            MB_OK)
+            return fail("store", err.msg);
+        c->store.timeout_ms = (unsigned)v;
+        c->store.conns = c->workers;
+        if (!c->sqlite_path_buf)
+            return fail("config", "out of memory");
+    }
 
     /* [nats] */
     mb_client_opts_default(&c->nats);
@@ -326,6 +354,7 @@ void gw_config_free(gw_config *c)
     free(c->start_room);
     free(c->port_file);
     free(c->nats_servers_buf);
+    free(c->sqlite_path_buf);
     mb_config_destroy(c->cfg);
     memset(c, 0, sizeof *c);
 }

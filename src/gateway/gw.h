@@ -27,10 +27,12 @@
 #include "auth.h"
 #include "frame.h"
 #include "map.h"
+#include "mutes.h"
 #include "mudbus/client.h"
 #include "mudbus/metrics.h"
 #include "protocol.h"
 #include "ratelimit.h"
+#include "store.h"
 
 struct lws;
 struct lws_context;
@@ -63,6 +65,7 @@ typedef struct gw_config {
     char *web_root;
     char *instance_id;
     char *start_room;
+    bool start_room_presence; /* announce arrivals and departures there */
     uint32_t max_connections;
     gw_outq_limits queue;
     uint32_t socket_sndbuf; /* bytes; 0: the kernel's default */
@@ -74,6 +77,9 @@ typedef struct gw_config {
     size_t jwt_secret_len;
     bool dev_login;
     uint64_t dev_token_ttl_s;
+    /* [store] */
+    gw_store_opts store; /* backend NULL: no store (mutes off) */
+    char *sqlite_path_buf;
     /* [limits] */
     bool rate_limits;
     uint32_t max_chars[GW_CH__COUNT];
@@ -121,16 +127,14 @@ typedef struct gw_party {
     mb_sub_id sub;
 } gw_party;
 
-typedef struct gw_pent { /* a player with a session here (or who had one: see gone_ms) */
+typedef struct gw_pent { /* a player with at least one session here */
     char *id, *name;
     gw_sess *sessions;
     size_t n;
-    uint64_t gone_ms; /* n == 0 since then: the entry and its whisper subscription linger
-                       * briefly, so that a whisper racing the disconnect is answered
-                       * "not delivered" at once instead of timing out */
-    mb_sub_id sub;    /* chat.whisper.player.{id} */
-    gw_bucket buckets[GW_CH__COUNT];
-    gw_bucket join_bucket;
+    mb_sub_id sub;      /* chat.whisper.player.{id} */
+    gw_bucket *buckets; /* GW_CH__COUNT channels + join; allocated at the first command that
+                         * is rate limited (an idle player holds none) */
+    gw_mutes mutes;
 } gw_pent;
 
 struct gw_sess {
@@ -140,9 +144,10 @@ struct gw_sess {
     bool closed;   /* the WebSocket is gone */
     bool closing;  /* a close was requested (close_code) */
     bool admin;
-    bool mutes_loaded; /* the per-player filter's gate (deliveries wait until true) */
-    bool held;         /* nothing is written until its subscriptions are live */
-    bool dirty;        /* on gw.dirty: frames were queued in this loop iteration */
+    bool held;   /* nothing is written until its subscriptions are live and its
+                  * player's mutes are loaded (or failed to load) */
+    bool synced; /* its subscriptions are live */
+    bool dirty;  /* on gw.dirty: frames were queued in this loop iteration */
     gw_sess *dirty_next;
     uint16_t close_code;
     int64_t exp; /* the token's expiry (s since the epoch): closed with 4001 after it */
@@ -157,6 +162,7 @@ struct gw_sess {
     gw_outq q;
     char *rx; /* a message arriving in fragments */
     size_t rx_len;
+    gw_held_list *waiting; /* deliveries waiting for the player's mutes (NULL: none) */
 };
 
 /* ---- metrics ---- */
@@ -165,8 +171,9 @@ typedef struct gw_stats {
     mb_counter *msgs_out[GW_CH__COUNT + 1]; /* deliveries queued, by channel; the last: events */
     mb_counter *msgs_in[GW_CH__COUNT];      /* chat commands accepted, by channel */
     mb_counter *cmd_errors[GW_ERR__COUNT];
+    mb_counter *mute_loads, *mute_load_failures, *mute_filtered, *mute_store_errors;
     mb_counter *drops, *oversize, *slow_closes, *conns_total, *auth_refused, *nats_in;
-    mb_gauge *conns, *rooms, *subs, *queued_frames, *work_queue, *heap;
+    mb_gauge *conns, *rooms, *subs, *queued_frames, *work_queue, *heap, *store_statements;
 } gw_stats;
 
 struct gw {
@@ -188,11 +195,18 @@ struct gw {
     gw_map rooms, zones, parties, players;
     gw_sess *all;
     size_t nsess;
-    mb_sub_id global_subs[3]; /* chat.global, chat.system, events.game_tick */
-    gw_buf scratch;           /* frame bodies */
-    struct gw_work_pool *work;
-    struct gw_waiter *sync_next; /* waiting for the next subscription flush */
-    bool sync_busy;              /* a flush is running on a worker */
+    mb_sub_id global_subs[4];  /* chat.global, chat.system, events.game_tick, mutes.changed.* */
+    gw_buf scratch;            /* frame bodies */
+    struct gw_work_pool *work; /* NATS calls: subscription flushes, whispers */
+    struct gw_work_pool *store_work; /* mute store calls (a slow database delays only them) */
+    struct gw_waiter *sync_next;     /* waiting for the next subscription flush */
+    bool sync_busy;                  /* a flush is running on a worker */
+    gw_store *store;
+    gw_pent *mute_pending, *mute_pending_tail; /* players whose mutes must be loaded */
+    size_t mute_pending_n;
+    uint64_t mute_pending_since; /* when the oldest pending player arrived (loop clock) */
+    bool mute_busy;              /* a batch is loading on a worker */
+    uv_timer_t mute_timer;       /* a batch waits up to GW_MUTES_GATHER_MS to fill */
 };
 
 /* ---- server.c ---- */
@@ -228,8 +242,7 @@ void gw_room_subzone(const char *room_id, char *out, size_t cap);
 typedef enum gw_after_kind { GW_AFTER_WELCOME, GW_AFTER_JOIN } gw_after_kind;
 void gw_after_subs(gw *g, gw_sess *s, gw_after_kind kind, const char *id, const char *old_room,
                    const char *new_room);
-/* Once a second: drop player entries that have lingered long enough, and
- * retry a subscription flush that could not be queued. */
+/* Once a second: retry a subscription flush that could not be queued. */
 void gw_players_reap(gw *g);
 /* Subscribe whatever is missing (after NATS came back). */
 void gw_resubscribe(gw *g);
@@ -237,6 +250,11 @@ bool gw_global_subscribe(gw *g);
 void gw_rooms_free(gw *g);
 
 /* ---- chat.c ---- */
+#define GW_BUCKET_JOIN GW_CH__COUNT
+/* Take a token from pe's bucket `which` (a gw_chan or GW_BUCKET_JOIN); false
+ * when refused, with the wait in *retry_after_ms (1 s when out of memory). */
+bool gw_rate_take(gw *g, gw_pent *pe, unsigned which, uint32_t per_minute,
+                  uint64_t *retry_after_ms);
 void gw_handle_frame(gw *g, gw_sess *s, const char *buf, size_t len);
 mb_handled gw_on_nats(void *ctx, const mb_msg *m);
 /* Send the welcome frame. */
@@ -246,8 +264,12 @@ void gw_after_welcome(gw *g, gw_sess *s);
 void gw_after_join(gw *g, gw_sess *s, const char *id, const char *old_room, const char *new_room);
 /* Publish player_entered / player_left for s in room (best effort). */
 void gw_publish_presence(gw *g, gw_sess *s, const char *event, const char *room_id);
-/* The per-player delivery filter (mutes: issue 6 fills it in). */
-bool gw_filter_allows(gw *g, gw_sess *s, const char *sender_id, gw_chan ch);
+/* Send s what is waiting, if it is synced and its mutes are settled. */
+void gw_sess_release(gw *g, gw_sess *s);
+/* Queue a delivery to s through its player's mute filter (or hold it). */
+void gw_deliver(gw *g, gw_sess *s, gw_frame *f, const char *sender, uint32_t sender_hash,
+                gw_chan ch, bool filtered, int64_t now_ms);
+int64_t gw_wall_ms(void);
 void gw_send_error(gw *g, gw_sess *s, const char *id, gw_err_code code, const char *msg,
                    uint64_t retry_after_ms);
 

@@ -224,6 +224,26 @@ static void party_leave(gw *g, gw_sess *s)
 }
 
 /* ---- players and sessions ---- */
+static void pent_free(gw *g, gw_pent *pe)
+{
+    gw_mutes_forget(g, pe);
+    gw_mutes_free(pe);
+    unsub(g, &pe->sub);
+    free(pe->buckets);
+    free(pe->id);
+    free(pe->name);
+    free(pe);
+}
+
+/* Once a second: retry a subscription flush that could not be queued. */
+static void sync_start(gw *g);
+
+void gw_players_reap(gw *g)
+{
+    if (g->sync_next && !g->sync_busy && !g->draining)
+        sync_start(g);
+}
+
 bool gw_sess_attach(gw *g, gw_sess *s, const gw_player *p)
 {
     gw_pent *pe = gw_map_get(&g->players, p->id);
@@ -261,6 +281,8 @@ bool gw_sess_attach(gw *g, gw_sess *s, const gw_player *p)
     s->pe = pe;
     s->admin = p->admin;
     sub(g, &pe->sub, "chat.whisper.player.", pe->id);
+    if (fresh)
+        gw_mutes_request(g, pe);
     return true;
 }
 
@@ -273,38 +295,9 @@ void gw_sess_detach(gw *g, gw_sess *s)
         return;
     LIST_DEL(pe->sessions, s, pe_next, pe_prev);
     s->pe = NULL;
-    if (--pe->n == 0)
-        pe->gone_ms = gw_now_mono_ms(g); /* reaped by gw_players_reap */
-}
-
-#define PLAYER_LINGER_MS 3000
-
-static void pent_free(gw *g, gw_pent *pe)
-{
-    unsub(g, &pe->sub);
-    free(pe->id);
-    free(pe->name);
-    free(pe);
-}
-
-static void sync_start(gw *g);
-
-void gw_players_reap(gw *g)
-{
-    /* A flush that could not be queued (worker queue full) is retried here. */
-    if (g->sync_next && !g->sync_busy && !g->draining)
-        sync_start(g);
-    uint64_t now = gw_now_mono_ms(g);
-    gw_pent *dead[64];
-    size_t n = 0;
-    for (gw_map_ent *e = NULL; n < 64 && (e = gw_map_next(&g->players, e));) {
-        gw_pent *pe = e->val;
-        if (!pe->n && now - pe->gone_ms >= PLAYER_LINGER_MS)
-            dead[n++] = pe;
-    }
-    for (size_t i = 0; i < n; i++) {
-        gw_map_del(&g->players, dead[i]->id);
-        pent_free(g, dead[i]);
+    if (--pe->n == 0) {
+        gw_map_del(&g->players, pe->id);
+        pent_free(g, pe);
     }
 }
 
@@ -406,9 +399,10 @@ void gw_after_subs(gw *g, gw_sess *s, gw_after_kind kind, const char *id, const 
 
 bool gw_global_subscribe(gw *g)
 {
-    static const char *const subj[3] = {"chat.global", "chat.system", "events.game_tick"};
+    static const char *const subj[4] = {"chat.global", "chat.system", "events.game_tick",
+                                        "mutes.changed.*"};
     bool ok = true;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         sub(g, &g->global_subs[i], subj[i], "");
         ok = ok && g->global_subs[i];
     }
@@ -443,7 +437,7 @@ void gw_rooms_free(gw *g)
         free(w->id);
         free(w);
     }
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         unsub(g, &g->global_subs[i]);
     gw_map_free(&g->rooms);
     gw_map_free(&g->zones);

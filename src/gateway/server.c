@@ -377,9 +377,12 @@ static void stats_refresh(gw *g)
     for (gw_sess *s = g->all; s; s = s->all_next)
         queued += s->q.count;
     mb_gauge_set(g->st.queued_frames, queued);
+    if (g->store)
+        mb_gauge_set(g->st.store_statements, (int64_t)gw_store_queries(g->store));
     struct mallinfo2 mi = mallinfo2();
     mb_gauge_set(g->st.heap, (int64_t)mi.uordblks);
-    mb_gauge_set(g->st.work_queue, (int64_t)gw_work_depth(g->work));
+    mb_gauge_set(g->st.work_queue,
+                 (int64_t)(gw_work_depth(g->work) + gw_work_depth(g->store_work)));
 }
 
 static int dev_login(gw *g, struct lws *wsi, const char *body, size_t len)
@@ -500,7 +503,6 @@ static int on_established(gw *g, struct lws *wsi, struct pss *ps)
     s->g = g;
     s->wsi = wsi;
     s->refs = 1;
-    s->mutes_loaded = true;
     s->exp = p.exp;
     if (!gw_sess_attach(g, s, &p) || !gw_room_move(g, s, g->cfg->start_room)) {
         gw_sess_detach(g, s);
@@ -529,10 +531,22 @@ static int on_established(gw *g, struct lws *wsi, struct pss *ps)
 
 void gw_after_welcome(gw *g, gw_sess *s)
 {
-    s->held = false;
-    lws_callback_on_writable(s->wsi);
+    s->synced = true;
     if (g->nats_ready && s->room)
         gw_publish_presence(g, s, "player_entered", s->room->id);
+    gw_sess_release(g, s);
+}
+
+void gw_sess_release(gw *g, gw_sess *s)
+{
+    if (s->closed || !s->synced || s->pe->mutes.state == GW_MUTES_NEW)
+        return;
+    if (s->held) {
+        s->held = false;
+        lws_callback_on_writable(s->wsi);
+    }
+    if (s->pe->mutes.state == GW_MUTES_LOADED)
+        gw_mutes_release_held(g, s);
 }
 
 static void on_closed(gw *g, struct pss *ps)
@@ -555,6 +569,7 @@ static void on_closed(gw *g, struct pss *ps)
     s->closed = true;
     s->wsi = NULL;
     gw_outq_clear(&s->q);
+    gw_held_clear(s);
     gw_sess_unref(s);
 }
 
@@ -686,6 +701,7 @@ static void nats_check(gw *g)
     }
     g->nats_ready = ready(g, why, sizeof why);
     gw_players_reap(g);
+    gw_mutes_tick(g);
     if (was != g->nats_ready)
         gw_log(g->nats_ready ? "info" : "warn", "event=%s%s%s%s",
                g->nats_ready ? "nats_ready" : "nats_not_ready", g->nats_ready ? "" : " reason=\"",
@@ -729,6 +745,8 @@ static void on_nats_event(void *ctx, const mb_client_event *ev)
                                                       : "pool_up",
                ev->conn, ev->text ? ev->text : "");
         nats_check(g);
+        if (ev->type == MB_CLIENT_EV_RECONNECTED || ev->type == MB_CLIENT_EV_POOL)
+            gw_mutes_reload_all(g); /* announcements may have been missed */
         break;
     case MB_CLIENT_EV_SLOW_CONSUMER:
     case MB_CLIENT_EV_ERROR:
@@ -806,6 +824,18 @@ static bool stats_create(gw *g)
     return mb_metrics_counter(m, "mudbus_gateway_dropped_frames_total",
                               "Ambient frames dropped for slow connections", NULL, &st->drops,
                               &err) == MB_OK &&
+           mb_metrics_counter(m, "mudbus_gateway_mute_loads_total",
+                              "Players whose mutes were loaded from the store", NULL,
+                              &st->mute_loads, &err) == MB_OK &&
+           mb_metrics_counter(m, "mudbus_gateway_mute_load_failures_total",
+                              "Failed mute loads (players retried later)", NULL,
+                              &st->mute_load_failures, &err) == MB_OK &&
+           mb_metrics_counter(m, "mudbus_gateway_mute_filtered_total",
+                              "Deliveries not made because of the receiver's mutes", NULL,
+                              &st->mute_filtered, &err) == MB_OK &&
+           mb_metrics_counter(m, "mudbus_gateway_mute_store_errors_total",
+                              "Mute commands refused because the store failed", NULL,
+                              &st->mute_store_errors, &err) == MB_OK &&
            mb_metrics_counter(m, "mudbus_gateway_oversize_messages_total",
                               "NATS messages too large for one frame even with the formatted "
                               "line shortened (not delivered)",
@@ -830,6 +860,9 @@ static bool stats_create(gw *g)
                             NULL, &st->queued_frames, &err) == MB_OK &&
            mb_metrics_gauge(m, "mudbus_gateway_work_queue", "Jobs waiting for a worker thread",
                             NULL, &st->work_queue, &err) == MB_OK &&
+           mb_metrics_gauge(m, "mudbus_gateway_store_statements",
+                            "Mute store statements run since start", NULL, &st->store_statements,
+                            &err) == MB_OK &&
            mb_metrics_gauge(m, "mudbus_gateway_heap_bytes",
                             "Heap bytes in use (glibc mallinfo2 uordblks)", NULL, &st->heap,
                             &err) == MB_OK;
@@ -897,8 +930,19 @@ int gw_server_run(gw_config *cfg)
     }
     if (mb_client_listen(g->nats, on_nats_event, g, &err) != MB_OK)
         goto out_nats;
-    if (!(g->work = gw_work_start(&g->loop, cfg->workers, 4096))) {
+    if (cfg->store.backend) {
+        char smsg[GW_STORE_MSG_MAX];
+        if (!(g->store = gw_store_open(&cfg->store, smsg))) {
+            gw_log("error", "event=start_failed what=store error=\"%s\"", smsg);
+            goto out_nats;
+        }
+        gw_log("info", "event=store_open backend=%s", gw_store_backend(g->store));
+    }
+    if (!(g->work = gw_work_start(&g->loop, cfg->workers, 4096)) ||
+        !(g->store_work = gw_work_start(&g->loop, cfg->workers, 4096))) {
         gw_log("error", "event=start_failed what=workers");
+        gw_work_stop(g->work);
+        uv_run(&g->loop, UV_RUN_NOWAIT); /* let the pool's async handle close */
         goto out_nats;
     }
 
@@ -915,6 +959,7 @@ int gw_server_run(gw_config *cfg)
     uv_signal_start(&g->sig_int, on_signal, SIGINT);
     uv_timer_init(&g->loop, &g->drain_timer);
     g->drain_timer.data = g;
+    gw_mutes_init(g);
     uv_check_init(&g->loop, &g->flush_check);
     g->flush_check.data = g;
     uv_check_start(&g->flush_check, on_flush_check);
@@ -980,7 +1025,9 @@ out_handles:
     close_handle((uv_handle_t *)&g->sig_int);
     close_handle((uv_handle_t *)&g->drain_timer);
     close_handle((uv_handle_t *)&g->flush_check);
+    gw_mutes_close(g);
     gw_work_stop(g->work);
+    gw_work_stop(g->store_work);
     if (g->lws)
         lws_context_destroy(g->lws); /* closes every session (on_closed) */
     uv_run(&g->loop, UV_RUN_DEFAULT);
@@ -997,6 +1044,7 @@ out_handles:
     }
     gw_rooms_free(g);
 out_nats:
+    gw_store_close(g->store);
     mb_client_destroy(g->nats);
 out_auth:
     gw_auth_destroy(g->auth);

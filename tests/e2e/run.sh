@@ -68,7 +68,7 @@ wait_file "$tmp/nats-server_$nats_pid.ports" "$nats_pid" nats-server
 nats_url=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).nats[0])' "$tmp/nats-server_$nats_pid.ports")
 
 MUDBUS_AUTH_JWT_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n') \
-    "$gateway" --listen 127.0.0.1:0 --nats "$nats_url" --web-root "$root/web" --dev-login \
+    MUDBUS_STORE_SQLITE_PATH="$tmp/mutes.db" "$gateway" --listen 127.0.0.1:0 --nats "$nats_url" --web-root "$root/web" --dev-login \
     --port-file "$tmp/gateway.port" >"$tmp/gateway.log" 2>&1 &
 gw_pid=$!
 wait_file "$tmp/gateway.port" "$gw_pid" mudbus-gateway

@@ -334,6 +334,9 @@ class Gateway:
         e = {k: v for k, v in os.environ.items() if not k.startswith("MUDBUS_")}
         if self.secret is not None:
             e["MUDBUS_AUTH_JWT_SECRET"] = self.secret.decode()
+        # One SQLite mute store for every gateway of a run (gateways share mutes through it,
+        # as they would through PostgreSQL), never in the working directory.
+        e["MUDBUS_STORE_SQLITE_PATH"] = os.path.join(TMP, "mutes.db")
         e.update(self.env)
         return e
 
@@ -1010,3 +1013,181 @@ def gw_main():
 def gw_b():
     """A second gateway on the same NATS, without --dev-login, instance id gw-b."""
     return shared_gateway("b", instance_id="gw-b", env=RACE_ENV)
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL (the mute store shared by several gateways; issue 6)
+#
+# A real PostgreSQL server (Debian's postgresql-15: /usr/lib/postgresql/*/bin) run as the
+# postgres user: initdb into a temporary directory owned by postgres (outside TMP, which is
+# private to root), pg_ctl start on a free 127.0.0.1 port with the socket in that directory,
+# createdb mudbus. stop() / start() again keep the port (the "store is down" tests). Every
+# server is stopped at exit by pg_ctl (then by the postmaster's pid), and a watchdog process
+# stops it even when the test runner is SIGKILLed. A server that cannot start raises: the test
+# fails, it is never skipped.
+
+
+def pg_bindir():
+    """The directory with initdb and pg_ctl (MB_PG_BINDIR, else the newest
+    /usr/lib/postgresql/*/bin that has both)."""
+    d = os.environ.get("MB_PG_BINDIR")
+    cands = [d] if d else sorted(
+        (p for p in (os.path.join("/usr/lib/postgresql", v, "bin") for v in os.listdir("/usr/lib/postgresql"))
+         if os.path.isdir(p)) if os.path.isdir("/usr/lib/postgresql") else [],
+        key=lambda p: [int(x) if x.isdigit() else 0 for x in p.split("/")[-2].split(".")], reverse=True)
+    for c in cands:
+        if all(os.access(os.path.join(c, b), os.X_OK) for b in ("initdb", "pg_ctl", "createdb", "psql")):
+            return c
+    raise RuntimeError("PostgreSQL not found: no /usr/lib/postgresql/*/bin with initdb and pg_ctl "
+                       "(apt-get install postgresql; or set MB_PG_BINDIR)")
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_pg_servers = []
+
+
+class PostgresServer:
+    USER = "postgres"
+    DB = "mudbus"
+
+    def __init__(self, name="pg"):
+        import pwd
+        self.name = name
+        self.bindir = pg_bindir()
+        try:
+            pw = pwd.getpwnam(self.USER)
+        except KeyError:
+            raise RuntimeError("no %s user (apt-get install postgresql)" % self.USER)
+        self.uid, self.gid = pw.pw_uid, pw.pw_gid
+        self.dir = tempfile.mkdtemp(prefix="mb-pg-%s-" % name)
+        os.chown(self.dir, self.uid, self.gid)
+        self.data = os.path.join(self.dir, "data")
+        self.log = os.path.join(self.dir, "postgres.log")
+        self.port = None
+        self.initialized = False
+        self.running = False
+        self.watchdog = None
+        _pg_servers.append(self)
+
+    @property
+    def url(self):
+        return "postgresql://%s@127.0.0.1:%d/%s" % (self.USER, self.port, self.DB)
+
+    def _run(self, *argv, timeout=60, check=True):
+        """Run a PostgreSQL program as the postgres user (runuser), in the server's directory."""
+        cmd = ["runuser", "-u", self.USER, "--", os.path.join(self.bindir, argv[0])] + list(argv[1:])
+        env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8",
+               "PGCONNECT_TIMEOUT": "5"}
+        r = subprocess.run(cmd, cwd=self.dir, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=timeout * SCALE)
+        if check and r.returncode != 0:
+            raise RuntimeError("%s failed (%d):\n%s%s\n--- postgres log:\n%s"
+                               % (" ".join(cmd), r.returncode, r.stdout.decode(errors="replace"),
+                                  r.stderr.decode(errors="replace"), _read_tail(self.log, 20)))
+        return r
+
+    def _start_watchdog(self):
+        """Stops the server and removes its directory once this process is gone, however it ended."""
+        if self.watchdog is not None:
+            return
+        script = ('while kill -0 %d 2>/dev/null; do sleep 0.5; done; '
+                  'runuser -u %s -- %s -D %s stop -m immediate -w -t 10 >/dev/null 2>&1; rm -rf %s'
+                  % (os.getpid(), self.USER, os.path.join(self.bindir, "pg_ctl"), self.data, self.dir))
+        self.watchdog = subprocess.Popen(["/bin/sh", "-c", script], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         start_new_session=True, cwd="/")
+
+    def start(self, timeout=30.0):
+        """initdb (first time) and start, on a free port the first time and on the same port
+        after stop()."""
+        assert not self.running, "already running"
+        if not self.initialized:
+            self._run("initdb", "-D", self.data, "-A", "trust", "-U", self.USER, "-E", "UTF8",
+                      "--locale=C.UTF-8", "-N", timeout=120)
+            self.initialized = True
+            self._start_watchdog()
+        first = self.port is None
+        if first:
+            self.port = free_port()
+        opts = ("-p %d -c listen_addresses=127.0.0.1 -c unix_socket_directories=%s -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+                % (self.port, self.dir))
+        self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", opts, "-w", "-t", str(int(timeout * SCALE)),
+                  "start", timeout=timeout + 10)
+        self.running = True
+        if not wait_port(self.port, 5 * SCALE):
+            raise RuntimeError("postgres %s is not listening on %d:\n%s" % (self.name, self.port, _read_tail(self.log)))
+        if first:
+            self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.USER, self.DB)
+        return self
+
+    def stop(self, mode="fast"):
+        """Stop the server (its port stays reserved for start())."""
+        if not self.running:
+            return
+        r = self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "20", "stop", timeout=30, check=False)
+        if r.returncode != 0:
+            self._kill_postmaster()
+        self.running = False
+
+    def _kill_postmaster(self):
+        try:
+            with open(os.path.join(self.data, "postmaster.pid")) as f:
+                pid = int(f.readline().strip())
+            os.kill(pid, signal.SIGKILL)  # the postmaster, by its pid
+        except (OSError, ValueError):
+            pass
+
+    def psql(self, sql):
+        """Run SQL on the mudbus database; returns psql's unaligned, tuples-only output."""
+        r = self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.USER, "-d", self.DB,
+                      "-v", "ON_ERROR_STOP=1", "-At", "-c", sql, timeout=30)
+        return r.stdout.decode().strip()
+
+    def close(self):
+        """Stop (immediate), keep the log in TMP, remove the directory, end the watchdog."""
+        if self.running:
+            r = self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "-t", "10", "stop",
+                          timeout=20, check=False)
+            if r.returncode != 0:
+                self._kill_postmaster()
+            self.running = False
+        try:
+            shutil.copy(self.log, os.path.join(TMP, "postgres-%s.log" % self.name))
+        except OSError:
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.watchdog is not None and self.watchdog.poll() is None:
+            try:
+                os.killpg(self.watchdog.pid, signal.SIGKILL)  # its own session: the sh and its sleep
+            except OSError:
+                pass
+            self.watchdog.wait(5)
+        self.watchdog = None
+
+
+def _close_pg_servers():
+    for s in list(_pg_servers):
+        try:
+            s.close()
+        except Exception:
+            pass
+        _pg_servers.remove(s)
+
+
+atexit.register(_close_pg_servers)  # registered after _kill_all: runs before TMP is removed
+
+
+def shared_postgres():
+    """One PostgreSQL server for the tests of a run (started on first use)."""
+    return shared("postgres", lambda: PostgresServer("shared").start())
+
+
+def pg_env(pg):
+    """Gateway environment for the PostgreSQL mute store."""
+    return {"MUDBUS_STORE_BACKEND": "postgres", "MUDBUS_STORE_POSTGRES_URL": pg.url}

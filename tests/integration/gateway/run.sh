@@ -31,7 +31,7 @@ if [ -n "${MB_TEST_PATTERN:-}" ]; then set -- "$@" -k "$MB_TEST_PATTERN"; fi
 cd "$here" || exit 1
 # Every test module; MB_GW_EXCLUDE="test_mutes ..." leaves modules out, loudly.
 main_mods="test_channels test_errors test_http_auth test_limits test_cluster test_nats_inbound test_mutes"
-res_mods="test_resilience"
+res_mods="test_resilience test_mutes_pg"
 for x in ${MB_GW_EXCLUDE:-}; do
     main_mods=$(echo " $main_mods " | sed "s/ $x / /")
     res_mods=$(echo " $res_mods " | sed "s/ $x / /")
