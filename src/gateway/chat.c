@@ -135,7 +135,7 @@ void gw_publish_presence(gw *g, gw_sess *s, const char *event, const char *room_
                        .sender_name = s->pe->name};
     char subj[300];
     snprintf(subj, sizeof subj, "events.%s.%s", event, room_id);
-    mb_err err;
+    mb_err err = {0};
     if (mb_client_publish_event(g->nats, subj, &ev, NULL, NULL, &err) != MB_OK)
         gw_log("warn", "event=presence_publish_failed subject=%s error=\"%s\"", subj, err.msg);
     gw_buf_free(&data);
@@ -210,7 +210,6 @@ static void whisper_done(gw_work *w)
     if (!j->w.cancelled && !s->closed) {
         if (j->st == MB_OK) {
             /* The sender's copy, marked echo. */
-            char line[64 + 24];
             gw_buf *b = &g->scratch;
             if (!j->system) {
                 gw_buf msg = {0};
@@ -226,7 +225,6 @@ static void whisper_done(gw_work *w)
                 gw_buf_free(&msg);
                 gw_send_scratch(s, GW_CRITICAL);
             }
-            (void)line;
             send_ack(g, s, j->id, j->message_id);
         } else if (j->st == MB_ENORESPONDERS) {
             char m[GW_ERR_MSG_MAX];
@@ -258,7 +256,7 @@ static void start_whisper(gw *g, gw_sess *s, const gw_cmd *c, mb_chat_msg *m, bo
         gw_send_error(g, s, c->id, GW_ERR_INTERNAL, "out of memory", 0);
         return;
     }
-    mb_err err;
+    mb_err err = {0};
     size_t len;
     mb_status st = mb_chat_encode(NULL, m, buf, GW_FRAME_MAX * 2 + 2048, &len, &err);
     if (st != MB_OK) {
@@ -372,7 +370,7 @@ static void chat_cmd(gw *g, gw_sess *s, const gw_cmd *c)
         return;
     }
     char mid[65];
-    mb_err err;
+    mb_err err = {0};
     if (mb_message_id_generate(mid, &err) != MB_OK) {
         gw_send_error(g, s, c->id, GW_ERR_INTERNAL, err.msg, 0);
         return;
@@ -786,7 +784,7 @@ mb_handled gw_on_nats(void *ctx, const mb_msg *m)
     if (m->reply && strcmp(m->pattern, "chat_whisper_player") == 0 &&
         gw_player_find(g, last_token(m->subject))) {
         static const char r[] = "{\"delivered\":true}";
-        mb_err err;
+        mb_err err = {0};
         if (mb_client_respond(g->nats, m, r, sizeof r - 1, &err) != MB_OK)
             gw_log("warn", "event=whisper_reply_failed error=\"%s\"", err.msg);
     }

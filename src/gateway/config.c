@@ -155,7 +155,7 @@ int gw_config_load(gw_config *c, int argc, char **argv, char **envp)
 
     static const char *const env_ignore[] = {"MUDBUS_CONFIG", NULL};
     mb_config_opts co = {.sections = sections, .env_ignore = env_ignore, .warn = warn_cb};
-    mb_err err;
+    mb_err err = {0};
     if (mb_config_load(config, (const char *const *)envp, &co, &c->cfg, &err) != MB_OK)
         return fail(config ? config : "environment", err.msg);
     mb_config *cfg = c->cfg;

@@ -150,7 +150,8 @@ struct gw_sess {
     bool dirty;  /* on gw.dirty: frames were queued in this loop iteration */
     gw_sess *dirty_next;
     uint16_t close_code;
-    int64_t exp; /* the token's expiry (s since the epoch): closed with 4001 after it */
+    const char *close_why; /* the close frame's reason (a string literal) */
+    int64_t exp;           /* the token's expiry (s since the epoch): closed with 4001 after it */
     gw_pent *pe;
     gw_room *room;
     gw_sess *room_next, *room_prev;
@@ -215,7 +216,8 @@ int gw_server_run(gw_config *cfg);
 void gw_send(gw_sess *s, gw_frame *f);
 /* Build a critical frame from g->scratch and send it to one session. */
 void gw_send_scratch(gw_sess *s, gw_frame_class cls);
-/* Close a session with a code and reason (after what is queued). */
+/* Close a session with a code and a reason (a string literal, at most 120
+ * bytes), after what is queued (4008: at once). */
 void gw_close(gw_sess *s, uint16_t code, const char *reason);
 void gw_sess_unref(gw_sess *s);
 void gw_log(const char *level, const char *fmt, ...)

@@ -555,7 +555,7 @@ static void announce(gw *g, const gw_mute_rec *r, bool del)
                        .event_data_len = data.len,
                        .player_id = player,
                        .sender_id = r->owner};
-    mb_err err;
+    mb_err err = {0};
     if (data.oom || mb_client_publish_event(g->nats, subj, &ev, NULL, NULL, &err) != MB_OK)
         gw_log("warn", "event=mute_announce_failed subject=%s error=\"%s\"", subj,
                data.oom ? "out of memory" : err.msg);

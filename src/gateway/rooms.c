@@ -18,7 +18,7 @@ static void sub(gw *g, mb_sub_id *id, const char *prefix, const char *arg)
         return;
     char subj[300];
     snprintf(subj, sizeof subj, "%s%s", prefix, arg);
-    mb_err err;
+    mb_err err = {0};
     if (mb_client_subscribe(g->nats, subj, NULL, gw_on_nats, g, id, &err) != MB_OK) {
         *id = 0;
         if (err.code != MB_ENOCONN)
@@ -32,7 +32,7 @@ static void unsub(gw *g, mb_sub_id *id)
 {
     if (!*id)
         return;
-    mb_err err;
+    mb_err err = {0};
     if (mb_client_unsubscribe(g->nats, *id, &err) != MB_OK)
         gw_log("warn", "event=unsubscribe_failed error=\"%s\"", err.msg);
     *id = 0;
@@ -320,7 +320,7 @@ typedef struct sync_job {
 static void sync_run(gw_work *w)
 {
     sync_job *j = (sync_job *)w;
-    mb_err err;
+    mb_err err = {0};
     j->st = mb_client_flush(j->g->nats, 1000, &err);
 }
 

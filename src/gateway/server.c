@@ -50,6 +50,7 @@ struct pss { /* libwebsockets' per-connection storage */
     gw_sess *s;
     char *body; /* dev-login POST body */
     size_t body_len;
+    bool want_body; /* this transaction is a dev-login POST: take its body */
 };
 
 static gw *the_gw; /* for libwebsockets callbacks (one gateway per process) */
@@ -115,26 +116,8 @@ void gw_close(gw_sess *s, uint16_t code, const char *reason)
         return;
     s->closing = true;
     s->close_code = code;
-    (void)reason;
+    s->close_why = reason;
     lws_callback_on_writable(s->wsi);
-}
-
-static const char *close_reason(uint16_t code)
-{
-    switch (code) {
-    case 4001:
-        return "unauthorized";
-    case 4008:
-        return "slow client";
-    case 4009:
-        return "server shutting down";
-    case 1009:
-        return "frame too large";
-    case 1007:
-        return "invalid UTF-8";
-    default:
-        return "closing";
-    }
 }
 
 /* A WebSocket frame header for an unmasked final text frame of n bytes. */
@@ -160,11 +143,10 @@ static size_t ws_header(uint8_t *h, size_t n)
 /* Send a close frame with a code and reason ourselves (written raw, after
  * what is already written), then let libwebsockets drop the connection:
  * returning -1 from a callback alone closes without a close frame. */
-static int close_with(struct lws *wsi, uint16_t code)
+static int close_with(struct lws *wsi, uint16_t code, const char *why)
 {
-    const char *why = close_reason(code);
-    size_t n = strlen(why);
-    uint8_t f[LWS_PRE + 4 + 64];
+    size_t n = strnlen(why, 120); /* a close payload is at most 125 bytes */
+    uint8_t f[LWS_PRE + 4 + 120];
     uint8_t *p = f + LWS_PRE;
     p[0] = 0x88;
     p[1] = (uint8_t)(2 + n);
@@ -274,7 +256,7 @@ static int on_writeable(gw *g, gw_sess *s)
             lws_callback_on_writable(s->wsi);
             return 0;
         }
-        return close_with(s->wsi, s->close_code);
+        return close_with(s->wsi, s->close_code, s->close_why);
     }
     if (s->held)
         return 0; /* gw_after_welcome asks for this write again */
@@ -448,7 +430,7 @@ static int on_http(gw *g, struct lws *wsi, struct pss *ps, const char *uri)
         stats_refresh(g);
         char *text = NULL;
         size_t len = 0;
-        mb_err err;
+        mb_err err = {0};
         if (mb_metrics_format(g->metrics, &text, &len, &err) != MB_OK)
             return http_reply(wsi, 500, "text/plain", "out of memory\n", 14);
         int r = http_reply(wsi, 200, "text/plain; version=0.0.4", text, len);
@@ -461,6 +443,7 @@ static int on_http(gw *g, struct lws *wsi, struct pss *ps, const char *uri)
         if (lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) <= 0)
             return http_json_error(wsi, 405, "use POST");
         ps->body_len = 0;
+        ps->want_body = true;
         return 0; /* the body follows */
     }
     return http_json_error(wsi, 404, "not found");
@@ -496,7 +479,7 @@ static int on_established(gw *g, struct lws *wsi, struct pss *ps)
     gw_player p;
     char msg[160];
     if (!check_upgrade(g, wsi, &p, msg))
-        return close_with(wsi, 4001);
+        return close_with(wsi, 4001, "unauthorized");
     gw_sess *s = calloc(1, sizeof *s);
     if (!s)
         return -1;
@@ -584,7 +567,7 @@ static int on_receive(gw *g, struct lws *wsi, gw_sess *s, const char *in, size_t
     bool whole = first && final && rest == 0 && !s->rx_len;
     if (!whole) {
         if (s->rx_len + len + rest > GW_FRAME_MAX)
-            return close_with(wsi, 1009);
+            return close_with(wsi, 1009, "frame too large");
         if (!s->rx && !(s->rx = malloc(GW_FRAME_MAX)))
             return -1;
         memcpy(s->rx + s->rx_len, in, len);
@@ -594,13 +577,13 @@ static int on_receive(gw *g, struct lws *wsi, gw_sess *s, const char *in, size_t
         in = s->rx;
         len = s->rx_len;
     } else if (len > GW_FRAME_MAX) {
-        return close_with(wsi, 1009);
+        return close_with(wsi, 1009, "frame too large");
     }
     int r = 0;
     if (lws_frame_is_binary(wsi)) {
         gw_send_error(g, s, NULL, GW_ERR_BAD_REQUEST, "binary frames are not supported", 0);
     } else if (!gw_utf8_valid(in, len)) {
-        r = close_with(wsi, 1007);
+        r = close_with(wsi, 1007, "invalid UTF-8");
     } else {
         gw_handle_frame(g, s, in, len);
     }
@@ -624,7 +607,10 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return on_http(g, wsi, ps, uri);
     }
     case LWS_CALLBACK_HTTP_BODY:
+        if (!ps || !ps->want_body)
+            return 0; /* a body nobody asked for (the request was answered) */
         if (ps->body_len + len > 4096) {
+            ps->want_body = false;
             free(ps->body); /* before the reply: it frees *ps */
             ps->body = NULL;
             ps->body_len = 0;
@@ -636,8 +622,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         ps->body_len += len;
         return 0;
     case LWS_CALLBACK_HTTP_BODY_COMPLETION: {
+        if (!ps || !ps->want_body)
+            return 0;
         /* Take the body out first: the reply completes the transaction, and
          * libwebsockets frees *ps with it. */
+        ps->want_body = false;
         char *body = ps->body;
         size_t body_len = ps->body_len;
         ps->body = NULL;
@@ -797,7 +786,7 @@ static void on_signal(uv_signal_t *sig, int signum)
 static bool stats_create(gw *g)
 {
     mb_metrics *m = g->metrics;
-    mb_err err;
+    mb_err err = {0};
     char lab[64];
     gw_stats *st = &g->st;
     if (mb_metrics_counter(m, "mudbus_gateway_frames_out_total",
@@ -903,7 +892,7 @@ int gw_server_run(gw_config *cfg)
     gw_map_init(&g->parties);
     gw_map_init(&g->players);
     int rc = 1;
-    mb_err err;
+    mb_err err = {0};
     char msg[160];
     if (uv_loop_init(&g->loop) != 0)
         return 1;
