@@ -251,6 +251,7 @@ typedef struct load_job {
     gw_work w;
     gw *g;
     char **ids;
+    uint16_t *gens; /* each player's mutes.gen when the batch was taken */
     size_t n;
     gw_mute_rec *recs;
     size_t nrecs;
@@ -317,14 +318,23 @@ static void load_done(gw_work *w)
 {
     load_job *j = (load_job *)w;
     gw *g = j->g;
-    g->mute_busy = false;
+    /* mute_busy stays set until the end: requests made here only queue. */
     if (j->rc != 0 && !j->w.cancelled)
         gw_log("warn", "event=mute_load_failed players=%zu error=\"%s\"", j->n, j->msg);
-    /* Fresh caches for the players of this batch, then the records. */
+    /* Fresh caches for the players of this batch, then the records. A
+     * player whose cache changed here (a mute command of theirs completed)
+     * since the batch was taken may have been read before that change was
+     * stored: their result is dropped and they are loaded again. */
     for (size_t i = 0; i < j->n; i++) {
         gw_pent *pe = gw_player_find(g, j->ids[i]);
-        if (pe && pe->mutes.in_batch && j->rc == 0 && !j->w.cancelled)
-            cache_clear(&pe->mutes);
+        if (!pe || !pe->mutes.in_batch || j->rc != 0 || j->w.cancelled)
+            continue;
+        if (pe->mutes.gen != j->gens[i]) {
+            pe->mutes.in_batch = false;
+            gw_mutes_request(g, pe);
+            continue;
+        }
+        cache_clear(&pe->mutes);
     }
     if (j->rc == 0 && !j->w.cancelled)
         for (size_t i = 0; i < j->nrecs; i++)
@@ -348,8 +358,10 @@ static void load_done(gw_work *w)
             gw_sess_release(g, s);
     }
     free(j->ids);
+    free(j->gens);
     free(j->recs);
     free(j);
+    g->mute_busy = false;
     if (!g->draining)
         load_kick(g);
 }
@@ -396,11 +408,14 @@ static void load_kick(gw *g)
     uv_timer_stop(&g->mute_timer);
     load_job *j = calloc(1, sizeof *j);
     char **ids = calloc(GW_MUTES_BATCH, sizeof *ids);
-    if (!j || !ids) {
+    uint16_t *gens = calloc(GW_MUTES_BATCH, sizeof *gens);
+    if (!j || !ids || !gens) {
         free(j);
         free(ids);
+        free(gens);
         return; /* retried at the next request or tick */
     }
+    j->gens = gens;
     j->w.run = load_run;
     j->w.done = load_done;
     j->g = g;
@@ -409,6 +424,7 @@ static void load_kick(gw *g)
         gw_pent *pe = g->mute_pending;
         if (!(ids[j->n] = strdup(pe->id)))
             break;
+        gens[j->n] = pe->mutes.gen;
         j->n++;
         g->mute_pending = pe->mutes.next;
         pe->mutes.next = NULL;
@@ -431,6 +447,7 @@ static void load_kick(gw *g)
             free(ids[i]);
         }
         free(ids);
+        free(gens);
         free(j);
         return;
     }
@@ -580,6 +597,7 @@ static void mute_done(gw_work *w)
         gw_pent *pe = gw_player_find(g, r->kind == GW_MUTE_GLOBAL ? r->target : r->owner);
         if (pe && pe->mutes.state == GW_MUTES_LOADED) {
             gw_mutes *m = &pe->mutes;
+            m->gen++;
             if (r->kind == GW_MUTE_GLOBAL) {
                 if (j->del) {
                     global_free(m->global);

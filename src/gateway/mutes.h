@@ -52,6 +52,7 @@ enum { GW_MUTES_NEW = 0, GW_MUTES_LOADED, GW_MUTES_FAILED };
 typedef struct gw_mutes {
     gw_mute_ent *e; /* personal and channel mutes */
     uint16_t n, cap;
+    uint16_t gen;     /* local changes applied (a load that began before one is stale) */
     uint8_t state;    /* GW_MUTES_* */
     uint8_t attempts; /* failed loads in a row */
     bool queued;      /* waiting for the next batch */
