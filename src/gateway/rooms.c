@@ -426,8 +426,9 @@ void gw_resubscribe(gw *g)
 
 void gw_rooms_free(gw *g)
 {
-    /* Sessions are detached before this; what is left are lingering
-     * players, waiters that never ran, and the globals. */
+    /* Sessions are detached before this (their player entries went with
+     * them); what is left are waiters that never ran and the globals. The
+     * player loop only guards against an entry left behind. */
     for (gw_map_ent *e = NULL; (e = gw_map_next(&g->players, e));)
         pent_free(g, e->val);
     while (g->sync_next) {
