@@ -539,6 +539,9 @@ static void client_free(mb_client *c)
     if (c->efd >= 0)
         close(c->efd);
     mb__js_free(c);
+    mb__free(c->sub_slot);
+    mb__free(c->sub_gen);
+    mb__free(c->sub_free);
     mb__free(c->ring);
     mb__free(c->strs);
     pthread_mutex_destroy(&c->lock);
@@ -932,6 +935,66 @@ void mb__client_deliver(mb_client *c, mb__sub *s, natsMsg *msg, const mb_subject
         mb__js_settle(c, s, msg, h, m.deliveries);
 }
 
+/* ---- the subscription table (c->subs_lock held) ---- */
+
+/* Take a slot for a new subscription and give it a fresh generation. */
+static bool slot_reserve(mb_client *c, uint32_t *slot)
+{
+    if (c->sub_nfree) {
+        *slot = c->sub_free[--c->sub_nfree];
+    } else {
+        if (c->sub_used == c->sub_cap) {
+            uint32_t cap = c->sub_cap ? c->sub_cap * 2 : 64;
+            mb__sub **sl = mb__realloc(c->sub_slot, cap * sizeof *sl);
+            if (sl)
+                c->sub_slot = sl;
+            uint32_t *gen = sl ? mb__realloc(c->sub_gen, cap * sizeof *gen) : NULL;
+            if (gen)
+                c->sub_gen = gen;
+            uint32_t *fr = gen ? mb__realloc(c->sub_free, cap * sizeof *fr) : NULL;
+            if (!fr)
+                return false; /* what grew stays, unused: the next try reuses it */
+            c->sub_free = fr;
+            c->sub_cap = cap;
+        }
+        *slot = c->sub_used++;
+        c->sub_gen[*slot] = 0;
+    }
+    c->sub_slot[*slot] = NULL;
+    if (++c->sub_gen[*slot] == 0)
+        c->sub_gen[*slot] = 1; /* ids are never 0 */
+    return true;
+}
+
+static void slot_release(mb_client *c, uint32_t slot)
+{
+    c->sub_slot[slot] = NULL;
+    c->sub_free[c->sub_nfree++] = slot;
+}
+
+static mb_sub_id slot_id(const mb_client *c, uint32_t slot)
+{
+    return (uint64_t)c->sub_gen[slot] << 32 | slot;
+}
+
+/* The listed subscription with this id, unlinked, or NULL. */
+static mb__sub *slot_take(mb_client *c, mb_sub_id id)
+{
+    uint32_t slot = (uint32_t)id;
+    if (slot >= c->sub_used || c->sub_gen[slot] != (uint32_t)(id >> 32) || !c->sub_slot[slot])
+        return NULL;
+    mb__sub *s = c->sub_slot[slot];
+    slot_release(c, slot);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        c->subs = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->next = s->prev = NULL;
+    return s;
+}
+
 mb_status mb_client_subscribe(mb_client *c, const char *pattern, const char *queue_group,
                               mb_msg_handler fn, void *ctx, mb_sub_id *id, mb_err *err)
 {
@@ -957,19 +1020,26 @@ mb_status mb_client_subscribe(mb_client *c, const char *pattern, const char *que
         mb__client_sub_unref(s);
         return mb_err_set(err, MB_ENOMEM, "out of memory");
     }
+    uint32_t slot;
+    pthread_mutex_lock(&c->subs_lock);
+    bool reserved = slot_reserve(c, &slot);
+    pthread_mutex_unlock(&c->subs_lock);
+    if (!reserved) {
+        mb__client_sub_unref(s);
+        return mb_err_set(err, MB_ENOMEM, "out of memory");
+    }
     if (c->js && mb__js_critical(c, pattern)) {
         /* A durable pull consumer with its own fetch thread (client_js.c). */
         if ((st = mb__js_subscribe(c, s, err)) != MB_OK) {
-            mb__client_sub_unref(s);
-            return st;
+            goto unreserve;
         }
         goto listed;
     }
     natsConnection *nc;
     mb__conn *k = mb__pool_get(c, mb__pool_hash(pattern, plen), &nc);
     if (!k) {
-        mb__client_sub_unref(s);
-        return mb_err_set(err, MB_ENOCONN, "subscribe %s: no live connection", pattern);
+        st = mb_err_set(err, MB_ENOCONN, "subscribe %s: no live connection", pattern);
+        goto unreserve;
     }
     s->conn = k->index;
     natsStatus ns =
@@ -978,8 +1048,7 @@ mb_status mb_client_subscribe(mb_client *c, const char *pattern, const char *que
     if (ns != NATS_OK) {
         st = mb__client_nats_err(ns, err, "subscribe");
         mb__pool_put(k);
-        mb__client_sub_unref(s);
-        return st;
+        goto unreserve;
     }
     mb__pool_put(k);
     natsSubscription_SetPendingLimits(s->ns, c->o.sub_pending_msgs, c->o.sub_pending_bytes);
@@ -991,13 +1060,23 @@ mb_status mb_client_subscribe(mb_client *c, const char *pattern, const char *que
     }
 listed:
     pthread_mutex_lock(&c->subs_lock);
-    s->id = ++c->next_sub_id;
+    s->id = slot_id(c, slot);
+    c->sub_slot[slot] = s;
+    s->prev = NULL;
     s->next = c->subs;
+    if (c->subs)
+        c->subs->prev = s;
     c->subs = s;
     pthread_mutex_unlock(&c->subs_lock);
     if (id)
         *id = s->id;
     return MB_OK;
+unreserve:
+    pthread_mutex_lock(&c->subs_lock);
+    slot_release(c, slot);
+    pthread_mutex_unlock(&c->subs_lock);
+    mb__client_sub_unref(s);
+    return st;
 }
 
 mb_status mb_client_unsubscribe(mb_client *c, mb_sub_id id, mb_err *err)
@@ -1005,12 +1084,7 @@ mb_status mb_client_unsubscribe(mb_client *c, mb_sub_id id, mb_err *err)
     if (!c)
         return mb_err_set(err, MB_EINVAL, "NULL client");
     pthread_mutex_lock(&c->subs_lock);
-    mb__sub **pp = &c->subs;
-    while (*pp && (*pp)->id != id)
-        pp = &(*pp)->next;
-    mb__sub *s = *pp;
-    if (s)
-        *pp = s->next;
+    mb__sub *s = slot_take(c, id);
     pthread_mutex_unlock(&c->subs_lock);
     if (!s)
         return mb_err_set(err, MB_ENOTFOUND, "no subscription with id %llu",

@@ -60,7 +60,7 @@ typedef struct mb__sub {
     /* One reference for the client's list, one for nats.c (dropped by the
      * subscription's on-complete callback), one per queued delivery. */
     _Atomic int refs;
-    struct mb__sub *next;
+    struct mb__sub *next, *prev;
     struct mb__js_sub *js; /* JetStream pull subscription (client_js.c); NULL: core */
 } mb__sub;
 
@@ -143,10 +143,16 @@ struct mb_client {
     mb__item *dq_head, *dq_tail;
     size_t dq_deliveries, dq_events;
 
-    /* Subscriptions. */
+    /* Subscriptions: a list (newest first) and a table by id. An id is
+     * (generation << 32 | slot): unsubscribe finds its subscription at once
+     * (a gateway holds one per player and drops thousands in a disconnect
+     * storm); an id comes back only after 2^32 reuses of its slot. */
     pthread_mutex_t subs_lock;
     mb__sub *subs;
-    mb_sub_id next_sub_id;
+    mb__sub **sub_slot; /* by slot; NULL: free or reserved */
+    uint32_t *sub_gen;  /* by slot: the generation of its current id */
+    uint32_t *sub_free; /* free slots (a stack) */
+    uint32_t sub_cap, sub_used, sub_nfree;
 
     /* Metrics (the registry owns them). */
     mb_gauge *m_pool_size, *m_live;

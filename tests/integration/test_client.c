@@ -425,6 +425,37 @@ static void test_unsubscribe(void **state)
     /* b is the barrier: once it has everything, a would have had it too. */
     assert_true(wait_count(&b.count, 20, 5000));
     assert_int_equal(atomic_load(&a.count), 1);
+    /* Many subscriptions, removed in another order than made: each id finds
+     * its own; a removed id stays unknown after its slot is reused. */
+    enum { MANY = 300 };
+    static mb_sub_id many[MANY];
+    for (int i = 0; i < MANY; i++)
+        assert_int_equal(
+            mb_client_subscribe(F.c, "events.game_tick", NULL, rec_handler, &a, &many[i], NULL),
+            MB_OK);
+    for (int i = 0; i < MANY; i += 2) /* the even ones */
+        assert_int_equal(mb_client_unsubscribe(F.c, many[i], NULL), MB_OK);
+    mb_sub_id again[MANY / 2];
+    for (int i = 0; i < MANY / 2; i++) {
+        assert_int_equal(
+            mb_client_subscribe(F.c, "events.game_tick", NULL, rec_handler, &a, &again[i], NULL),
+            MB_OK);
+        for (int k = 0; k < MANY; k += 2)
+            assert_true(again[i] != many[k]);
+    }
+    for (int i = 0; i < MANY; i += 2)
+        assert_int_equal(mb_client_unsubscribe(F.c, many[i], NULL), MB_ENOTFOUND);
+    for (int i = MANY - 1; i > 0; i -= 2) /* the odd ones, newest first */
+        assert_int_equal(mb_client_unsubscribe(F.c, many[i], NULL), MB_OK);
+    for (int i = 0; i < MANY / 2; i++)
+        assert_int_equal(mb_client_unsubscribe(F.c, again[i], NULL), MB_OK);
+    for (int i = 0; i < MANY / 2; i++)
+        assert_int_equal(mb_client_unsubscribe(F.c, again[i], NULL), MB_ENOTFOUND);
+    /* idb is still listed and still delivers. */
+    assert_int_equal(pub_event("events.game_tick", 21, NULL, NULL), MB_OK);
+    assert_true(wait_count(&b.count, 21, 5000));
+    assert_int_equal(atomic_load(&a.count), 1);
+    assert_int_equal(mb_client_unsubscribe(F.c, idb, NULL), MB_OK);
     /* Refused patterns. */
     assert_int_equal(mb_client_subscribe(F.c, ">", NULL, rec_handler, &a, NULL, NULL), MB_ESUBJECT);
     assert_int_equal(mb_client_subscribe(F.c, "chat.*.*.*", NULL, rec_handler, &a, NULL, NULL),
