@@ -25,8 +25,9 @@
 #define LG_CLOSE_NS    3000000000ull
 #define LG_SAY_TIMEOUT 5000000000ull /* a say in flight (--max) is given up */
 #define LG_PROGRESS_NS 1000000000ull
-#define LG_METRICS     4 /* gateway metrics read with --metrics (lg_metric_names) */
-#define LG_NSIG        4 /* SIGINT, SIGTERM, SIGUSR1, SIGUSR2 */
+#define LG_METRICS     4  /* gateway metrics read with --metrics (lg_metric_names) */
+#define LG_BUCKETS     72 /* histogram buckets read from /metrics */
+#define LG_NSIG        4  /* SIGINT, SIGTERM, SIGUSR1, SIGUSR2 */
 
 /* A client's life: IDLE -> CONNECTING -> OPEN (upgraded, waiting for the
  * welcome) -> JOINING (join sent) -> JOINED (join acked) or JOINFAIL (join
@@ -99,6 +100,14 @@ typedef struct lg_errs {
 
 /* Everything of one run; counters are whole-run unless prefixed w_ (the
  * measured window). */
+/* A Prometheus histogram as read: cumulative counts by upper bound (the
+ * buckets up to the highest non-empty one; +Inf is `count`). */
+typedef struct lg_buckets {
+    unsigned n;
+    double le[LG_BUCKETS], cum[LG_BUCKETS];
+    double count, sum; /* -1: not read */
+} lg_buckets;
+
 typedef struct lg_run {
     lg_opts o;
     uv_loop_t loop;
@@ -145,6 +154,7 @@ typedef struct lg_run {
     lg_hist setup_hist;                    /* connect start to join ack, every joined client */
     lg_hist welcome_hist;                  /* connect start to welcome, every client welcomed */
     double m0[LG_METRICS], m1[LG_METRICS]; /* --metrics; -1: not read */
+    lg_buckets busy0, busy1;               /* --metrics: the gateway's loop busy histogram */
     double gw_main0, gw_main1, gw_cpu0, gw_cpu1, nats_cpu0, nats_cpu1, self_cpu0, self_cpu1;
     uint64_t sys_busy0, sys_total0, sys_busy1, sys_total1;
     long rss_before, rss_joined, rss_after;
@@ -155,9 +165,10 @@ typedef struct lg_run {
 
 /* The gateway metrics --metrics reads, and reading them: GET /metrics from
  * host:port (blocking, up to 2 s); v[i] is the value of the unlabelled
- * sample lg_metric_names[i], -1 when absent. Returns 0 or -1. */
+ * sample lg_metric_names[i], -1 when absent; *busy the cumulative buckets of
+ * mudbus_gateway_loop_busy_seconds. Returns 0 or -1. */
 extern const char *const lg_metric_names[LG_METRICS];
-int lg_metrics_read(const char *host, int port, double v[LG_METRICS]);
+int lg_metrics_read(const char *host, int port, double v[LG_METRICS], lg_buckets *busy);
 
 /* Fills *o from the command line and the environment (the secret may come
  * from MUDBUS_AUTH_JWT_SECRET). Returns 0, or -1 after printing why to

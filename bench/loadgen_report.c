@@ -30,7 +30,29 @@ const char *const lg_metric_names[LG_METRICS] = {
 
 #define LG_METRICS_MAX (1u << 20) /* bytes of a /metrics answer we read */
 
-int lg_metrics_read(const char *host, int port, double v[LG_METRICS])
+/* One line of the loop busy histogram into *b. */
+static void busy_line(const char *line, lg_buckets *b)
+{
+    static const char name[] = "mudbus_gateway_loop_busy_seconds";
+    const size_t nl = sizeof name - 1;
+    if (strncmp(line, name, nl) != 0)
+        return;
+    line += nl;
+    if (strncmp(line, "_bucket{le=\"", 12) == 0) {
+        char *end = NULL;
+        double le = strtod(line + 12, &end);
+        if (end == line + 12 || strncmp(end, "\"} ", 3) != 0 || b->n >= LG_BUCKETS)
+            return; /* +Inf (not a number here) is `count` */
+        b->le[b->n] = le;
+        b->cum[b->n++] = strtod(end + 3, NULL);
+    } else if (strncmp(line, "_count ", 7) == 0) {
+        b->count = strtod(line + 7, NULL);
+    } else if (strncmp(line, "_sum ", 5) == 0) {
+        b->sum = strtod(line + 5, NULL);
+    }
+}
+
+int lg_metrics_read(const char *host, int port, double v[LG_METRICS], lg_buckets *busy)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
     char portstr[16], req[512];
@@ -40,6 +62,8 @@ int lg_metrics_read(const char *host, int port, double v[LG_METRICS])
     uint64_t deadline = bu_now_ns() + 2000000000ull;
     for (int i = 0; i < LG_METRICS; i++)
         v[i] = -1;
+    busy->n = 0;
+    busy->count = busy->sum = -1;
     snprintf(portstr, sizeof portstr, "%d", port);
     if (buf == NULL || getaddrinfo(host, portstr, &hints, &ai) != 0)
         goto out;
@@ -79,6 +103,7 @@ int lg_metrics_read(const char *host, int port, double v[LG_METRICS])
             if (strncmp(line, lg_metric_names[i], nl) == 0 && line[nl] == ' ')
                 v[i] = strtod(line + nl + 1, NULL);
         }
+        busy_line(line, busy);
     }
     rc = 0;
 out:
@@ -93,6 +118,29 @@ out:
 static double metric_delta(const lg_run *r, int i)
 {
     return r->m0[i] >= 0 && r->m1[i] >= 0 ? r->m1[i] - r->m0[i] : -1;
+}
+
+/* Cumulative count of b at upper bound le: its own bucket, or, past its
+ * highest bucket, everything. */
+static double cum_at(const lg_buckets *b, double le)
+{
+    for (unsigned i = 0; i < b->n; i++)
+        if (b->le[i] >= le * (1 - 1e-9))
+            return b->cum[i];
+    return b->count;
+}
+
+/* The upper bound of the bucket holding quantile q of the window's
+ * observations (b1 less b0), or -1. */
+static double busy_quantile(const lg_buckets *b0, const lg_buckets *b1, double q)
+{
+    double total = b1->count - b0->count;
+    if (b0->count < 0 || b1->count < 0 || total <= 0)
+        return -1;
+    for (unsigned i = 0; i < b1->n; i++)
+        if (b1->cum[i] - cum_at(b0, b1->le[i]) >= q * total)
+            return b1->le[i];
+    return b1->n ? b1->le[b1->n - 1] * 2 : -1;
 }
 
 static double secs(uint64_t ns)
@@ -247,6 +295,15 @@ void lg_report(const lg_run *r)
             fprintf(out, " %s +%.0f", lg_metric_names[i] + strlen("mudbus_gateway_"),
                     metric_delta(r, i));
         fprintf(out, "\n");
+        if (r->busy0.count >= 0 && r->busy1.count >= 0)
+            fprintf(out,
+                    "  loop      %.0f iterations in the window, busy %.3f s; an iteration's work, "
+                    "ms (bucket upper bounds): p50 %.3f p99 %.3f p99.9 %.3f max %.3f\n",
+                    r->busy1.count - r->busy0.count, r->busy1.sum - r->busy0.sum,
+                    busy_quantile(&r->busy0, &r->busy1, 0.5) * 1e3,
+                    busy_quantile(&r->busy0, &r->busy1, 0.99) * 1e3,
+                    busy_quantile(&r->busy0, &r->busy1, 0.999) * 1e3,
+                    busy_quantile(&r->busy0, &r->busy1, 1.0) * 1e3);
     }
     fprintf(out, "  closes    by the server: %s; by us: %u\n", closes, r->closed_by_us);
     fprintf(out, "  errors    %s; acks %" PRIu64 "\n", errs, r->acks);
@@ -301,10 +358,14 @@ void lg_report(const lg_run *r)
            (double)lg_hist_quantile(&r->welcome_hist, 0.5) / 1e6,
            (double)lg_hist_quantile(&r->welcome_hist, 0.99) / 1e6,
            (double)r->welcome_hist.max / 1e6);
-    if (o->metrics)
+    if (o->metrics) {
         for (int i = 0; i < LG_METRICS; i++)
             printf(",\"d_%s\":%.0f", lg_metric_names[i] + strlen("mudbus_gateway_"),
                    metric_delta(r, i));
+        printf(",\"loop_busy_p99_ms\":%.3f,\"loop_busy_max_ms\":%.3f",
+               busy_quantile(&r->busy0, &r->busy1, 0.99) * 1e3,
+               busy_quantile(&r->busy0, &r->busy1, 1.0) * 1e3);
+    }
     printf("}\n");
     fflush(stdout);
 }

@@ -447,7 +447,7 @@ storm_run() {
     sleep "$chat_warmup"
     kill -USR1 "$lg_pid" 2>/dev/null || true
     if wait_phase 10 "$tmp/$chat.phase" "$lg_pid" window; then
-        "$lg_bin" --url "$url" --gateway-pid "$gw_pid" --json --quiet \
+        ${MB_STORM_NICE:+nice -n "$MB_STORM_NICE"} "$lg_bin" --url "$url" --gateway-pid "$gw_pid" --json --quiet \
             --clients "$storm_n" --rooms "$storm_rooms" --id-prefix storm \
             --room-prefix bench_zone_storm_room --connect-rate "$storm_n" --max-setup 0 \
             --connect-timeout 80 --rate 0 --warmup 0 --duration 0.1 \

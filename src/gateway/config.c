@@ -23,11 +23,23 @@
 #endif
 
 static const char *const sections[] = {"gateway", "nats", "auth", "limits", "store", NULL};
-static const char *const gateway_keys[] = {
-    "listen",           "web_root",       "instance_id",         "start_room",
-    "max_connections",  "queue_max_msgs", "queue_max_bytes",     "queue_hard_msgs",
-    "queue_hard_bytes", "socket_sndbuf",  "whisper_timeout",     "drain_timeout",
-    "workers",          "port_file",      "start_room_presence", NULL};
+static const char *const gateway_keys[] = {"listen",
+                                           "web_root",
+                                           "instance_id",
+                                           "start_room",
+                                           "max_connections",
+                                           "queue_max_msgs",
+                                           "queue_max_bytes",
+                                           "queue_hard_msgs",
+                                           "queue_hard_bytes",
+                                           "socket_sndbuf",
+                                           "whisper_timeout",
+                                           "drain_timeout",
+                                           "workers",
+                                           "port_file",
+                                           "start_room_presence",
+                                           "accept_batch",
+                                           NULL};
 static const char *const auth_keys[] = {"jwt_secret", "jwt_secret_file", "dev_login",
                                         "dev_token_ttl", NULL};
 static const char *const store_keys[] = {"backend", "sqlite_path", "postgres_url", "timeout", NULL};
@@ -205,6 +217,9 @@ int gw_config_load(gw_config *c, int argc, char **argv, char **envp)
     if (mb_config_get_u64(cfg, "gateway", "max_connections", 15000, 1, 1000000, &v, &err) != MB_OK)
         return fail("gateway", err.msg);
     c->max_connections = (uint32_t)v;
+    if (mb_config_get_u64(cfg, "gateway", "accept_batch", 16, 1, 100000, &v, &err) != MB_OK)
+        return fail("gateway", err.msg);
+    c->accept_batch = (uint32_t)v;
     if (mb_config_get_u64(cfg, "gateway", "queue_max_msgs", 256, 1, 1000000, &qmax, &err) !=
             MB_OK ||
         mb_config_get_u64(cfg, "gateway", "queue_hard_msgs", qmax * 4 > 1024 ? qmax * 4 : 1024,

@@ -36,6 +36,7 @@
 
 struct lws;
 struct lws_context;
+struct lws_vhost;
 
 /* Channels with a content limit and a rate limit, in this order. */
 #define GW_CHANNELS(X)                                                                             \
@@ -67,6 +68,7 @@ typedef struct gw_config {
     char *start_room;
     bool start_room_presence; /* announce arrivals and departures there */
     uint32_t max_connections;
+    uint32_t accept_batch; /* connections accepted per loop iteration at most */
     gw_outq_limits queue;
     uint32_t socket_sndbuf; /* bytes; 0: the kernel's default */
     uint64_t whisper_timeout_ms;
@@ -149,6 +151,8 @@ struct gw_sess {
     bool synced; /* its subscriptions are live */
     bool dirty;  /* on gw.dirty: frames were queued in this loop iteration */
     gw_sess *dirty_next;
+    bool release_queued; /* on gw.release_head: gw_sess_release_soon */
+    gw_sess *release_next;
     uint16_t close_code;
     const char *close_why; /* the close frame's reason (a string literal) */
     int64_t exp;           /* the token's expiry (s since the epoch): closed with 4001 after it */
@@ -175,6 +179,8 @@ typedef struct gw_stats {
     mb_counter *mute_loads, *mute_load_failures, *mute_filtered, *mute_store_errors;
     mb_counter *drops, *oversize, *slow_closes, *conns_total, *auth_refused, *nats_in;
     mb_gauge *conns, *rooms, *subs, *queued_frames, *work_queue, *heap, *store_statements;
+    mb_counter *accepted, *accept_deferred;
+    mb_histogram *loop_busy; /* each loop iteration's work, ns */
 } gw_stats;
 
 struct gw {
@@ -190,8 +196,17 @@ struct gw {
     uv_signal_t sig_term, sig_int;
     uv_timer_t drain_timer;
     uv_check_t flush_check; /* after each loop iteration's callbacks: write what was queued */
-    gw_sess *dirty;         /* sessions with frames queued in this iteration (one ref each) */
+    uv_prepare_t busy_prep; /* before each poll: the iteration's busy time, accept batch */
+    uint64_t busy_prep_ns, busy_idle_ns; /* at the last prepare: clock, loop idle time */
+    gw_sess *dirty; /* sessions with frames queued in this iteration (one ref each) */
+    size_t ndirty;
     bool draining;
+    struct lws_vhost *vhost;    /* serves the sockets listener.c accepts */
+    int listen_fd, listen_port; /* listener.c */
+    bool listen_open, listening, accept_paused, accept_deferred;
+    uint32_t accept_left; /* of this iteration's batch */
+    uv_poll_t listen_poll;
+    uv_timer_t accept_pause;
     bool nats_ready; /* a live connection and the global subscriptions */
     gw_map rooms, zones, parties, players;
     gw_sess *all;
@@ -202,6 +217,10 @@ struct gw {
     struct gw_work_pool *store_work; /* mute store calls (a slow database delays only them) */
     struct gw_waiter *sync_next;     /* waiting for the next subscription flush */
     bool sync_busy;                  /* a flush is running on a worker */
+    struct gw_waiter *sync_ready, *sync_ready_tail; /* flushed, to continue (oldest first) */
+    uv_idle_t sync_idle;                            /* continues them in later iterations */
+    gw_sess *release_head, *release_tail;           /* gw_sess_release_soon, one ref each */
+    uv_idle_t release_idle;
     gw_store *store;
     gw_pent *mute_pending, *mute_pending_tail; /* players whose mutes must be loaded */
     size_t mute_pending_n;
@@ -209,6 +228,16 @@ struct gw {
     bool mute_busy;              /* a batch is loading on a worker */
     uv_timer_t mute_timer;       /* a batch waits up to GW_MUTES_GATHER_MS to fill */
 };
+
+/* Bulk work on the loop (many sessions released at once) runs in slices of
+ * this much time per loop iteration, so that NATS deliveries and the other
+ * connections are served in between. */
+#define GW_SLICE_NS 2000000u
+/* Sessions released per loop iteration by gw_sess_release_soon. */
+#define GW_RELEASE_PER_ITER 64u
+/* NATS deliveries stop for the iteration once this many sessions have
+ * frames to write (about 3 ms of send() calls here). */
+#define GW_FLUSH_SESSIONS 256u
 
 /* ---- server.c ---- */
 int gw_server_run(gw_config *cfg);
@@ -268,12 +297,28 @@ void gw_after_join(gw *g, gw_sess *s, const char *id, const char *old_room, cons
 void gw_publish_presence(gw *g, gw_sess *s, const char *event, const char *room_id);
 /* Send s what is waiting, if it is synced and its mutes are settled. */
 void gw_sess_release(gw *g, gw_sess *s);
+/* gw_sess_release in a later loop iteration, GW_RELEASE_PER_ITER sessions
+ * per iteration (for a batch of hundreds released at once). */
+void gw_sess_release_soon(gw *g, gw_sess *s);
+void gw_release_init(gw *g);
+/* Drop what is queued (shutdown). */
+void gw_release_drop(gw *g);
 /* Queue a delivery to s through its player's mute filter (or hold it). */
 void gw_deliver(gw *g, gw_sess *s, gw_frame *f, const char *sender, uint32_t sender_hash,
                 gw_chan ch, bool filtered, int64_t now_ms);
 int64_t gw_wall_ms(void);
 void gw_send_error(gw *g, gw_sess *s, const char *id, gw_err_code code, const char *msg,
                    uint64_t retry_after_ms);
+
+/* ---- listener.c ---- */
+/* Bind and listen on [gateway] listen (sets listen_fd and listen_port), or
+ * false with the reason in msg. */
+bool gw_listener_open(gw *g, char *msg, size_t cap);
+/* Start accepting into g->vhost. */
+void gw_listener_start(gw *g);
+/* Before each poll: a new batch of accepts. */
+void gw_listener_iteration(gw *g);
+void gw_listener_close(gw *g);
 
 /* ---- workers.c ---- */
 typedef struct gw_work gw_work;

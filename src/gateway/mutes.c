@@ -355,7 +355,7 @@ static void load_done(gw_work *w)
         pe->mutes.attempts = 0;
         mb_counter_add(g->st.mute_loads, 1);
         for (gw_sess *s = pe->sessions; s; s = s->pe_next)
-            gw_sess_release(g, s);
+            gw_sess_release_soon(g, s);
     }
     free(j->ids);
     free(j->gens);

@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 #define GW_MUTES_BATCH          500 /* ids per store statement */
-#define GW_MUTES_GATHER_MS      10  /* a batch waits this long to fill (unless it is full) */
+#define GW_MUTES_GATHER_MS      25  /* a batch waits this long to fill (unless it is full) */
 #define GW_MUTES_HELD_MAX       512 /* deliveries waiting for a player's mutes */
 #define GW_MUTES_ATTEMPTS       6   /* failed loads before the sessions are closed (about 30 s) */
 #define GW_MUTES_PER_PLAYER_MAX 200 /* personal and channel mutes one player may hold */

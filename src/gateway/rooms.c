@@ -324,12 +324,58 @@ static void sync_run(gw_work *w)
     j->st = mb_client_flush(j->g->nats, 1000, &err);
 }
 
+/* Continue one waiter (its subscriptions are live) and free it. */
+static void waiter_run(gw *g, gw_waiter *w, bool cancelled)
+{
+    gw_sess *s = w->s;
+    if (!s->closed && !cancelled) {
+        if (w->kind == GW_AFTER_WELCOME)
+            gw_after_welcome(g, s);
+        else
+            gw_after_join(g, s, w->id, w->old_room, w->new_room);
+    }
+    gw_sess_unref(s);
+    free(w->id);
+    free(w);
+}
+
+/* Continue the waiters whose flush completed, oldest first, for at most
+ * GW_SLICE_NS of this loop iteration; the rest continue in the next
+ * iterations (the idle handle keeps the poll from blocking meanwhile).
+ * In a connect storm one flush may release hundreds of joins, each
+ * publishing its presence events and writing its ack; in one piece that
+ * held every NATS delivery back for tens of milliseconds. */
+static void release_ready(gw *g);
+
+static void on_ready_idle(uv_idle_t *h)
+{
+    release_ready(h->data);
+}
+
+static void release_ready(gw *g)
+{
+    uint64_t t0 = uv_hrtime();
+    while (g->sync_ready) {
+        gw_waiter *w = g->sync_ready;
+        g->sync_ready = w->next;
+        waiter_run(g, w, false);
+        if (uv_hrtime() - t0 >= GW_SLICE_NS)
+            break;
+    }
+    if (!g->sync_ready) {
+        g->sync_ready_tail = NULL;
+        uv_idle_stop(&g->sync_idle);
+    } else if (!uv_is_active((uv_handle_t *)&g->sync_idle)) {
+        uv_idle_start(&g->sync_idle, on_ready_idle);
+    }
+}
+
 static void sync_done(gw_work *w)
 {
     sync_job *j = (sync_job *)w;
     gw *g = j->g;
     g->sync_busy = false;
-    /* Oldest first. */
+    /* Oldest first, after those still waiting from earlier flushes. */
     gw_waiter *rev = NULL;
     while (j->batch) {
         gw_waiter *n = j->batch->next;
@@ -337,19 +383,22 @@ static void sync_done(gw_work *w)
         rev = j->batch;
         j->batch = n;
     }
-    while (rev) {
-        gw_waiter *n = rev->next;
-        gw_sess *s = rev->s;
-        if (!s->closed && !j->w.cancelled) {
-            if (rev->kind == GW_AFTER_WELCOME)
-                gw_after_welcome(g, s);
-            else
-                gw_after_join(g, s, rev->id, rev->old_room, rev->new_room);
+    if (j->w.cancelled) {
+        while (rev) {
+            gw_waiter *n = rev->next;
+            waiter_run(g, rev, true);
+            rev = n;
         }
-        gw_sess_unref(s);
-        free(rev->id);
-        free(rev);
-        rev = n;
+    } else if (rev) {
+        gw_waiter *tail = rev;
+        while (tail->next)
+            tail = tail->next;
+        if (g->sync_ready_tail)
+            g->sync_ready_tail->next = rev;
+        else
+            g->sync_ready = rev;
+        g->sync_ready_tail = tail;
+        release_ready(g);
     }
     free(j);
     if (g->sync_next && !g->draining)
@@ -434,10 +483,14 @@ void gw_rooms_free(gw *g)
     while (g->sync_next) {
         gw_waiter *w = g->sync_next;
         g->sync_next = w->next;
-        gw_sess_unref(w->s);
-        free(w->id);
-        free(w);
+        waiter_run(g, w, true);
     }
+    while (g->sync_ready) {
+        gw_waiter *w = g->sync_ready;
+        g->sync_ready = w->next;
+        waiter_run(g, w, true);
+    }
+    g->sync_ready_tail = NULL;
     for (int i = 0; i < 4; i++)
         unsub(g, &g->global_subs[i]);
     gw_map_free(&g->rooms);

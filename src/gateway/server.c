@@ -93,6 +93,7 @@ void gw_send(gw_sess *s, gw_frame *f)
         s->refs++;
         s->dirty_next = g->dirty;
         g->dirty = s;
+        g->ndirty++;
     }
 }
 
@@ -274,6 +275,7 @@ static void on_flush_check(uv_check_t *c)
     gw *g = c->data;
     gw_sess *list = g->dirty;
     g->dirty = NULL;
+    g->ndirty = 0;
     while (list) {
         gw_sess *s = list;
         list = s->dirty_next;
@@ -284,6 +286,20 @@ static void on_flush_check(uv_check_t *c)
         }
         gw_sess_unref(s);
     }
+}
+
+/* Before each poll: the time since the last one, less what the loop spent
+ * blocked in the poll, is the work of one iteration: how long an event that
+ * became ready just after the poll returned may have waited. */
+static void on_busy_prepare(uv_prepare_t *p)
+{
+    gw *g = p->data;
+    uint64_t now = uv_hrtime(), idle = uv_metrics_idle_time(&g->loop);
+    if (g->busy_prep_ns != 0)
+        mb_histogram_observe(g->st.loop_busy, (now - g->busy_prep_ns) - (idle - g->busy_idle_ns));
+    g->busy_prep_ns = now;
+    g->busy_idle_ns = idle;
+    gw_listener_iteration(g);
 }
 
 /* ---- HTTP ---- */
@@ -478,8 +494,14 @@ static int on_established(gw *g, struct lws *wsi, struct pss *ps)
 {
     gw_player p;
     char msg[160];
-    if (!check_upgrade(g, wsi, &p, msg))
+    gw_player *verified = lws_get_opaque_user_data(wsi);
+    if (verified) { /* by CONFIRM_UPGRADE, moments ago */
+        p = *verified;
+        free(verified);
+        lws_set_opaque_user_data(wsi, NULL);
+    } else if (!check_upgrade(g, wsi, &p, msg)) {
         return close_with(wsi, 4001, "unauthorized");
+    }
     gw_sess *s = calloc(1, sizeof *s);
     if (!s)
         return -1;
@@ -500,12 +522,6 @@ static int on_established(gw *g, struct lws *wsi, struct pss *ps)
     g->nsess++;
     mb_gauge_add(g->st.conns, 1);
     mb_counter_add(g->st.conns_total, 1);
-    if (g->cfg->socket_sndbuf) {
-        int fd = (int)lws_get_socket_fd(wsi);
-        int sz = (int)g->cfg->socket_sndbuf;
-        if (fd >= 0)
-            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
-    }
     s->held = true;
     gw_welcome(g, s);
     gw_after_subs(g, s, GW_AFTER_WELCOME, NULL, NULL, NULL);
@@ -530,6 +546,59 @@ void gw_sess_release(gw *g, gw_sess *s)
     }
     if (s->pe->mutes.state == GW_MUTES_LOADED)
         gw_mutes_release_held(g, s);
+}
+
+/* A mute batch releases up to GW_MUTES_BATCH sessions at once. Each
+ * release writes a welcome and held deliveries, and the client answers
+ * with its join (a subscription, two presence events, an ack): hundreds in
+ * one iteration were tens of milliseconds in which no NATS delivery went
+ * out. So they are released GW_RELEASE_PER_ITER per iteration. */
+static void on_release_idle(uv_idle_t *h)
+{
+    gw *g = h->data;
+    for (unsigned i = 0; i < GW_RELEASE_PER_ITER && g->release_head; i++) {
+        gw_sess *s = g->release_head;
+        g->release_head = s->release_next;
+        s->release_queued = false;
+        gw_sess_release(g, s);
+        gw_sess_unref(s);
+    }
+    if (!g->release_head) {
+        g->release_tail = NULL;
+        uv_idle_stop(&g->release_idle);
+    }
+}
+
+void gw_sess_release_soon(gw *g, gw_sess *s)
+{
+    if (s->release_queued || s->closed)
+        return;
+    s->release_queued = true;
+    s->refs++;
+    s->release_next = NULL;
+    if (g->release_tail)
+        g->release_tail->release_next = s;
+    else
+        g->release_head = s;
+    g->release_tail = s;
+    uv_idle_start(&g->release_idle, on_release_idle);
+}
+
+void gw_release_init(gw *g)
+{
+    uv_idle_init(&g->loop, &g->release_idle);
+    g->release_idle.data = g;
+}
+
+void gw_release_drop(gw *g)
+{
+    while (g->release_head) {
+        gw_sess *s = g->release_head;
+        g->release_head = s->release_next;
+        s->release_queued = false;
+        gw_sess_unref(s);
+    }
+    g->release_tail = NULL;
 }
 
 static void on_closed(gw *g, struct pss *ps)
@@ -653,8 +722,20 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             gw_log("info", "event=upgrade_refused reason=\"%s\"", msg);
             return http_refuse(wsi, 401, msg);
         }
+        /* Kept for ESTABLISHED (the WebSocket protocol's storage is not
+         * this one's): the token is verified once. */
+        gw_player *verified = malloc(sizeof *verified);
+        if (verified) {
+            *verified = p;
+            free(lws_get_opaque_user_data(wsi));
+            lws_set_opaque_user_data(wsi, verified);
+        }
         return 0;
     }
+    case LWS_CALLBACK_WSI_DESTROY:
+        free(lws_get_opaque_user_data(wsi));
+        lws_set_opaque_user_data(wsi, NULL);
+        return 0;
     case LWS_CALLBACK_ESTABLISHED:
         return on_established(g, wsi, ps);
     case LWS_CALLBACK_RECEIVE:
@@ -702,8 +783,15 @@ static void on_nats_fd(uv_poll_t *p, int status, int events)
     (void)status, (void)events;
     gw *g = p->data;
     size_t ran = 0;
-    /* Bounded per wake-up, so that writes and accepts interleave. */
-    mb_client_dispatch(g->nats, 4096, &ran);
+    /* In pieces, until this iteration has queued frames for GW_FLUSH_SESSIONS
+     * sessions or used its slice: what is left waits for the next iteration
+     * (the fd stays readable), so that one iteration's writes stay bounded
+     * and reading clients and accepting interleave with a burst of
+     * deliveries. */
+    uint64_t t0 = uv_hrtime();
+    do
+        mb_client_dispatch(g->nats, 64, &ran);
+    while (ran > 0 && g->ndirty < GW_FLUSH_SESSIONS && uv_hrtime() - t0 < GW_SLICE_NS);
 }
 
 /* Once a second: NATS readiness and missing subscriptions, expired tokens. */
@@ -854,7 +942,17 @@ static bool stats_create(gw *g)
                             &err) == MB_OK &&
            mb_metrics_gauge(m, "mudbus_gateway_heap_bytes",
                             "Heap bytes in use (glibc mallinfo2 uordblks)", NULL, &st->heap,
-                            &err) == MB_OK;
+                            &err) == MB_OK &&
+           mb_metrics_histogram(m, "mudbus_gateway_loop_busy_seconds",
+                                "Work of each event loop iteration (time not spent waiting in "
+                                "the poll): the longest a ready event may wait",
+                                NULL, 1e-9, &st->loop_busy, &err) == MB_OK &&
+           mb_metrics_counter(m, "mudbus_gateway_accepted_total", "TCP connections accepted", NULL,
+                              &st->accepted, &err) == MB_OK &&
+           mb_metrics_counter(m, "mudbus_gateway_accept_deferred_total",
+                              "Loop iterations that used their whole accept batch (the rest "
+                              "waited in the backlog)",
+                              NULL, &st->accept_deferred, &err) == MB_OK;
 }
 
 /* ---- run ---- */
@@ -896,6 +994,7 @@ int gw_server_run(gw_config *cfg)
     char msg[160];
     if (uv_loop_init(&g->loop) != 0)
         return 1;
+    uv_loop_configure(&g->loop, UV_METRICS_IDLE_TIME); /* for the loop's busy time */
     if (mb_metrics_create(&g->metrics, &err) != MB_OK || !stats_create(g)) {
         gw_log("error", "event=start_failed what=metrics");
         goto out_loop;
@@ -952,6 +1051,12 @@ int gw_server_run(gw_config *cfg)
     uv_check_init(&g->loop, &g->flush_check);
     g->flush_check.data = g;
     uv_check_start(&g->flush_check, on_flush_check);
+    uv_idle_init(&g->loop, &g->sync_idle);
+    g->sync_idle.data = g;
+    gw_release_init(g);
+    uv_prepare_init(&g->loop, &g->busy_prep);
+    g->busy_prep.data = g;
+    uv_prepare_start(&g->busy_prep, on_busy_prepare);
 
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_logger);
     static struct lws_http_mount mount_files;
@@ -976,8 +1081,7 @@ int gw_server_run(gw_config *cfg)
     void *loops[1] = {&g->loop};
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
-    info.port = cfg->listen_port;
-    info.iface = cfg->listen_host;
+    info.port = CONTEXT_PORT_NO_LISTEN_SERVER; /* listener.c accepts */
     info.protocols = protocols;
     info.mounts = next;
     info.options =
@@ -991,17 +1095,21 @@ int gw_server_run(gw_config *cfg)
                                                .secs_since_valid_hangup = 0};
     info.retry_and_idle_policy = &idle_policy;
     /* No fd_limit_per_thread: below the open-file limit libwebsockets 4.1
-     * finds a socket's connection by a linear search. */
+     * finds a socket's connection by a linear search. TCP keepalive: see
+     * listener.c. */
     info.timeout_secs = 10;
-    info.ka_time = 60;
-    info.ka_probes = 3;
-    info.ka_interval = 10;
-    if (!(g->lws = lws_create_context(&info))) {
-        gw_log("error", "event=start_failed what=listen address=%s:%d", cfg->listen_host,
-               cfg->listen_port);
+    if (!gw_listener_open(g, msg, sizeof msg)) {
+        gw_log("error", "event=start_failed what=listen address=%s:%d error=\"%s\"",
+               cfg->listen_host, cfg->listen_port, msg);
         goto out_handles;
     }
-    int port = lws_get_vhost_listen_port(lws_get_vhost_by_name(g->lws, "default"));
+    if (!(g->lws = lws_create_context(&info)) ||
+        !(g->vhost = lws_get_vhost_by_name(g->lws, "default"))) {
+        gw_log("error", "event=start_failed what=websockets");
+        goto out_handles;
+    }
+    gw_listener_start(g);
+    int port = g->listen_port;
     gw_log("info", "event=listening address=%s:%d instance=%s web_root=%s dev_login=%d",
            cfg->listen_host, port, cfg->instance_id, cfg->web_root ? cfg->web_root : "-",
            cfg->dev_login);
@@ -1015,12 +1123,16 @@ int gw_server_run(gw_config *cfg)
     gw_log("info", "event=shutdown sessions=%zu", g->nsess);
     mb_client_flush(g->nats, 2000, &err);
 out_handles:
+    gw_listener_close(g);
     close_handle((uv_handle_t *)&g->nats_poll);
     close_handle((uv_handle_t *)&g->nats_timer);
     close_handle((uv_handle_t *)&g->sig_term);
     close_handle((uv_handle_t *)&g->sig_int);
     close_handle((uv_handle_t *)&g->drain_timer);
     close_handle((uv_handle_t *)&g->flush_check);
+    close_handle((uv_handle_t *)&g->busy_prep);
+    close_handle((uv_handle_t *)&g->sync_idle);
+    close_handle((uv_handle_t *)&g->release_idle);
     gw_mutes_close(g);
     gw_work_stop(g->work);
     gw_work_stop(g->store_work);
@@ -1032,6 +1144,7 @@ out_handles:
         struct pss tmp = {.s = g->all};
         on_closed(g, &tmp);
     }
+    gw_release_drop(g);
     while (g->dirty) {
         gw_sess *s = g->dirty;
         g->dirty = s->dirty_next;

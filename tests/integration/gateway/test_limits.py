@@ -1,13 +1,16 @@
 # SPDX-License-Identifier: MIT
 """Rate limits and configuration: rate_limited with retry_after_ms ([limits] say_per_minute = 2
 in a config file), the default say limit (15 per minute), --no-rate-limits, [gateway] start_room,
-[auth] jwt_secret_file, and an environment override (MUDBUS_LIMITS_EMOTE_MAX_CHARS)."""
+[auth] jwt_secret_file, an environment override (MUDBUS_LIMITS_EMOTE_MAX_CHARS), and admission
+in bursts ([gateway] accept_batch)."""
 
+import asyncio
 import os
+import signal
 import unittest
 
-from harness import (SECRET, QUIET, Gateway, GatewayTestCase, brief, gw_main, shared, shared_nats, uid,
-                     uniq_room)
+from harness import (SECRET, QUIET, Gateway, GatewayTestCase, ahttp, brief, gw_main, shared,
+                     shared_nats, uid, uniq_room)
 
 CFG_SECRET = b"config-file-secret-for-mudbus-tests-0123456789"
 CFG_START = "earth_innsmouth_docks_pier"
@@ -99,6 +102,62 @@ class LimitTests(GatewayTestCase):
         for i in range(25):
             await b.chat("free %d" % i)
         await a.expect_none("error", within=QUIET)
+
+
+def gw_batch():
+    """A gateway that accepts 2 connections per loop iteration."""
+    def make():
+        gw = Gateway("batch", [shared_nats().url], instance_id="gw-batch")
+        gw.config = {"gateway": {"accept_batch": 2}}
+        return gw.start()
+    return shared("gw-batch", make)
+
+
+async def metric(gw, name):
+    st, _, body = await ahttp(gw.port, "GET", "/metrics")
+    assert st == 200, "GET /metrics: %s" % st
+    for ln in body.decode().splitlines():
+        if ln.startswith(name + " "):
+            return float(ln.split()[1])
+    raise AssertionError("%s missing from /metrics" % name)
+
+
+class AdmissionTests(GatewayTestCase):
+    async def test_burst_beyond_accept_batch_is_served_in_full(self):
+        # 120 connections at once against 2 accepts per loop iteration: the rest wait in the
+        # backlog and are taken in later iterations; every one is welcomed, joins, and hears
+        # the others' chat (nothing is refused or lost). The gateway is stopped (SIGSTOP) while
+        # the clients connect, so that all of them are in its backlog when it resumes.
+        gw = gw_batch()
+        acc0 = await metric(gw, "mudbus_gateway_accepted_total")
+        def0 = await metric(gw, "mudbus_gateway_accept_deferred_total")
+        room = uniq_room()
+        n = 120
+        os.kill(gw.proc.pid, signal.SIGSTOP)
+        try:
+            tasks = [asyncio.ensure_future(self.connect(gw, "P%d" % i, room=room))
+                     for i in range(n)]
+            await asyncio.sleep(0.5)
+        finally:
+            os.kill(gw.proc.pid, signal.SIGCONT)
+        clients = await asyncio.gather(*tasks)
+        self.assertEqual(len(clients), n)
+        for c in clients:
+            self.assertEqual(c.welcome["event_type"], "welcome", brief(c.welcome))
+        line = "burst %s" % uid()
+        await clients[0].ok("say", content=line)
+        for c in clients[1:]:
+            await c.chat(line)
+        acc1 = await metric(gw, "mudbus_gateway_accepted_total")
+        def1 = await metric(gw, "mudbus_gateway_accept_deferred_total")
+        # n WebSockets plus the /metrics requests themselves
+        self.assertGreaterEqual(acc1 - acc0, n)
+        self.assertGreater(def1 - def0, 0, "no iteration used its whole batch of 2")
+
+    async def test_loop_busy_histogram_is_exported(self):
+        gw = gw_batch()
+        await self.connect(gw, "Alice", room=uniq_room())
+        self.assertGreater(await metric(gw, "mudbus_gateway_loop_busy_seconds_count"), 0)
 
 
 if __name__ == "__main__":
