@@ -51,6 +51,8 @@
 # MB_STORM_MUTES (mutes per storm player, default 10), MB_STORM_CHAT_RATE
 # (says/s of the chat group, default 100), MB_STORM_DURATION (filter window,
 # default 10 s), MB_STORM_JSON=FILE (appends each run's JSON line),
+# MB_STORM_NICE=N (run the storm's loadgen at nice N, as if its clients were
+# remote: it then competes less with the gateway for this machine's CPUs),
 # NATS_SERVER, PG_BINDIR (default /usr/lib/postgresql/15/bin).
 set -euo pipefail
 
