@@ -355,6 +355,7 @@ mb_status mb_client_create(const mb_client_opts *opts, mb_client **out, mb_err *
         c->conns[i].c = c;
         c->conns[i].index = (int)i;
         pthread_rwlock_init(&c->conns[i].lock, NULL);
+        pthread_mutex_init(&c->conns[i].grave_lock, NULL);
     }
     mb_rng_seed(&c->rng, mb_clock_wall_ns(NULL) ^ (uint64_t)(uintptr_t)c);
     /* The event ring first: from the moment the connstate listener is added,
@@ -522,6 +523,10 @@ static void client_free(mb_client *c)
     }
     for (size_t i = 0; i < c->npool; i++) {
         mb__conn *k = &c->conns[i];
+        if (k->nc)
+            natsConnection_Close(k->nc); /* its read loop ends */
+        mb__grave_bury(mb__grave_take(k));
+        pthread_mutex_destroy(&k->grave_lock);
         if (k->nc)
             natsConnection_Destroy(k->nc);
         if (k->opts)
@@ -1100,7 +1105,7 @@ mb_status mb_client_unsubscribe(mb_client *c, mb_sub_id id, mb_err *err)
     /* A subscription whose connection closed is gone anyway: not an error. */
     if (ns != NATS_OK && ns != NATS_CONNECTION_CLOSED && ns != NATS_INVALID_SUBSCRIPTION)
         st = mb__client_nats_err(ns, err, "unsubscribe");
-    natsSubscription_Destroy(s->ns);
+    mb__grave_put(&c->conns[s->conn], s->ns); /* destroyed after a round trip */
     s->ns = NULL;
     mb__client_sub_unref(s);
     return st;

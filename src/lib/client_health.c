@@ -8,7 +8,8 @@
  * observes the round trip in mudbus_client_health_rtt_seconds and clears the
  * connection's failure count; health_failures consecutive failures of any
  * live connection make the client degraded, until every live connection
- * answers again.
+ * answers again. The same round trip frees the subscriptions unsubscribed
+ * before it (mb__grave_put).
  *
  * The client's connstate is derived, on the client thread only, from the
  * pool and the health counts: no live connection -> connecting (never
@@ -117,10 +118,17 @@ static void health_timer(void *arg, mb_timer_event ev)
             k->health_failures = 0; /* not live: the pool state speaks for it */
             continue;
         }
+        /* Subscriptions kept since an unsubscribe (mb__grave_put) are
+         * destroyed once this round trip has completed. */
+        mb__grave *kept = mb__grave_take(k);
         uint64_t t0 = mb_clock_mono_ns(c->o.clock);
         natsStatus s = natsConnection_FlushTimeout(nc, (int64_t)c->o.health_timeout_ms);
         uint64_t dt = mb_clock_mono_ns(c->o.clock) - t0;
         pthread_rwlock_unlock(&k->lock);
+        if (s == NATS_OK)
+            mb__grave_bury(kept);
+        else
+            mb__grave_return(k, kept);
         if (s == NATS_OK) {
             k->health_failures = 0;
             mb_histogram_observe(c->m_rtt, dt);

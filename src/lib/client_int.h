@@ -42,6 +42,9 @@ typedef struct mb__conn {
     natsOptions *opts;     /* kept for repairs */
     mb_counter *published; /* mudbus_client_published_total{conn} */
     mb_gauge *up;          /* mudbus_client_conn_up{conn} */
+    /* Unsubscribed subscriptions waiting to be destroyed (mb__grave_put). */
+    pthread_mutex_t grave_lock;
+    struct mb__grave *grave;
     /* Client thread only. */
     unsigned health_failures; /* consecutive */
     bool live_prev;
@@ -199,6 +202,24 @@ uint32_t mb__pool_hash(const char *s, size_t len);
  * with mb__pool_put). NULL when none is live. */
 mb__conn *mb__pool_get(mb_client *c, uint32_t hash, natsConnection **nc);
 void mb__pool_put(mb__conn *k);
+/* nats.c 3.4's read loop looks a subscription up, releases the lookup lock
+ * and then uses it, so a subscription destroyed right after its unsubscribe
+ * may be freed under the read loop (nats.c issue 637, fixed in 3.6; seen
+ * here as heap corruption in a gateway that unsubscribes thousands of
+ * players). So an unsubscribed subscription is kept, and destroyed once a
+ * flush round trip on its connection has completed after it was kept: the
+ * read loop handles the server's data in order, so it is then done with it.
+ * mb__grave_put keeps one (destroys it at once when out of memory);
+ * mb__grave_take removes the kept list, mb__grave_bury destroys a list,
+ * mb__grave_return puts one back (its flush failed). */
+typedef struct mb__grave {
+    struct mb__grave *next;
+    natsSubscription *ns;
+} mb__grave;
+void mb__grave_put(mb__conn *k, natsSubscription *ns);
+mb__grave *mb__grave_take(mb__conn *k);
+void mb__grave_bury(mb__grave *list);
+void mb__grave_return(mb__conn *k, mb__grave *list);
 size_t mb__pool_live(mb_client *c);
 void mb__pool_repair(mb_client *c); /* client thread */
 void mb__pool_schedule_repair(mb_client *c);

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "client_int.h"
 
 uint32_t mb__pool_hash(const char *s, size_t len)
@@ -61,6 +62,52 @@ void mb__pool_put(mb__conn *k)
 {
     if (k)
         pthread_rwlock_unlock(&k->lock);
+}
+
+void mb__grave_put(mb__conn *k, natsSubscription *ns)
+{
+    mb__grave *g = mb__malloc(sizeof *g);
+    if (!g) {
+        natsSubscription_Destroy(ns); /* the small risk of nats.c 3.4 rather than a leak */
+        return;
+    }
+    g->ns = ns;
+    pthread_mutex_lock(&k->grave_lock);
+    g->next = k->grave;
+    k->grave = g;
+    pthread_mutex_unlock(&k->grave_lock);
+}
+
+mb__grave *mb__grave_take(mb__conn *k)
+{
+    pthread_mutex_lock(&k->grave_lock);
+    mb__grave *list = k->grave;
+    k->grave = NULL;
+    pthread_mutex_unlock(&k->grave_lock);
+    return list;
+}
+
+void mb__grave_bury(mb__grave *list)
+{
+    while (list) {
+        mb__grave *next = list->next;
+        natsSubscription_Destroy(list->ns);
+        mb__free(list);
+        list = next;
+    }
+}
+
+void mb__grave_return(mb__conn *k, mb__grave *list)
+{
+    if (!list)
+        return;
+    mb__grave *tail = list;
+    while (tail->next)
+        tail = tail->next;
+    pthread_mutex_lock(&k->grave_lock);
+    tail->next = k->grave;
+    k->grave = list;
+    pthread_mutex_unlock(&k->grave_lock);
 }
 
 size_t mb__pool_live(mb_client *c)
@@ -269,8 +316,12 @@ void mb__pool_repair(mb_client *c)
         }
         bool need = k->nc == NULL;
         pthread_rwlock_unlock(&k->lock);
-        if (old)
+        if (old) {
             natsConnection_Destroy(old); /* its closed callback has run */
+            /* Its read loop has ended: what it kept can go. Those of a
+             * connection before it too; none of the new one's exist yet. */
+            mb__grave_bury(mb__grave_take(k));
+        }
         if (!need)
             continue;
         mb_err e = {0};

@@ -558,6 +558,78 @@ static void test_poll_mode(void **state)
     mb_client_destroy(c2);
 }
 
+/* A second connection that floods events.game_tick until told to stop. */
+typedef struct flood {
+    const char *url;
+    atomic_bool stop;
+    long sent;
+} flood;
+
+static void *flood_main(void *arg)
+{
+    flood *f = arg;
+    natsConnection *nc = NULL;
+    if (natsConnection_ConnectTo(&nc, f->url) != NATS_OK)
+        return NULL;
+    char buf[256];
+    event_json(buf, sizeof buf, 1);
+    while (!atomic_load(&f->stop)) {
+        for (int i = 0; i < 64; i++)
+            if (natsConnection_PublishString(nc, "events.game_tick", buf) == NATS_OK)
+                f->sent++;
+        natsConnection_FlushTimeout(nc, 1000);
+    }
+    natsConnection_Destroy(nc);
+    return NULL;
+}
+
+/* Subscriptions made and dropped while messages for them keep arriving, as a
+ * gateway's players come and go (poll mode, shared delivery thread). nats.c
+ * 3.4 may still be using an unsubscribed subscription on its read loop
+ * (nats.c issue 637); one destroyed at once was freed under it and the heap
+ * was corrupted, which valgrind showed and which crashed a gateway about one
+ * run in five. The client keeps them until a later round trip (a few health
+ * checks here). Without the fix this test corrupts the heap (an abort, or
+ * errors under valgrind); it cannot prove the absence of a race, but it
+ * drives the path hard: 2,000 subscriptions, each unsubscribed while the
+ * flood runs, then health checks free the kept ones (the sanitizer build's
+ * leak check sees any that are not). */
+static void test_unsubscribe_under_flow(void **state)
+{
+    (void)state;
+    start_server(NULL);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    o.poll_mode = true;
+    o.shared_delivery = true;
+    o.health_interval_ms = 50;
+    o.health_timeout_ms = 40;
+    create_client(&o);
+    flood f = {.url = natsrv_url(F.srv)};
+    atomic_store(&f.stop, false);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, flood_main, &f), 0);
+    rec r;
+    rec_init(&r);
+    for (int i = 0; i < 2000; i++) {
+        mb_sub_id id = 0;
+        assert_int_equal(
+            mb_client_subscribe(F.c, "events.game_tick", NULL, rec_handler, &r, &id, NULL), MB_OK);
+        if (i % 8 == 0)
+            assert_int_equal(mb_client_flush(F.c, 2000, NULL), MB_OK); /* messages arrive */
+        size_t ran = 0;
+        assert_int_equal(mb_client_dispatch(F.c, 64, &ran), MB_OK);
+        assert_int_equal(mb_client_unsubscribe(F.c, id, NULL), MB_OK);
+    }
+    atomic_store(&f.stop, true);
+    pthread_join(t, NULL);
+    assert_true(f.sent > 0);
+    assert_true(atomic_load(&r.count) > 0); /* messages did reach subscriptions */
+    sleep_ms(300);                          /* health checks free what was kept */
+    size_t ran = 0;
+    assert_int_equal(mb_client_dispatch(F.c, 0, &ran), MB_OK);
+}
+
 static bool cond_live3(void *arg)
 {
     (void)arg;
@@ -1222,6 +1294,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ordering_pool4, setup, teardown),
         cmocka_unit_test_setup_teardown(test_request_reply, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unsubscribe, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unsubscribe_under_flow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_group, setup, teardown),
         cmocka_unit_test_setup_teardown(test_poll_mode, setup, teardown),
         cmocka_unit_test_setup_teardown(test_partial_pool_repair, setup, teardown),
