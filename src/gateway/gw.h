@@ -146,13 +146,13 @@ struct gw_sess {
     bool closed;   /* the WebSocket is gone */
     bool closing;  /* a close was requested (close_code) */
     bool admin;
-    bool held;   /* nothing is written until its subscriptions are live and its
-                  * player's mutes are loaded (or failed to load) */
-    bool synced; /* its subscriptions are live */
-    bool dirty;  /* on gw.dirty: frames were queued in this loop iteration */
+    bool held;           /* nothing is written until its subscriptions are live and its
+                          * player's mutes are loaded (or failed to load) */
+    bool synced;         /* its subscriptions are live */
+    bool dirty;          /* on gw.dirty: frames were queued in this loop iteration */
+    bool release_queued; /* on gw.release_head */
     gw_sess *dirty_next;
-    bool release_queued; /* on gw.release_head: gw_sess_release_soon */
-    gw_sess *release_next;
+    gw_sess *release_next; /* on gw.release_head (gw_sess_release_soon) */
     uint16_t close_code;
     const char *close_why; /* the close frame's reason (a string literal) */
     int64_t exp;           /* the token's expiry (s since the epoch): closed with 4001 after it */

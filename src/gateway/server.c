@@ -46,8 +46,8 @@ static void lws_logger(int level, const char *line)
 
 /* ---- sessions and writes ---- */
 
-struct pss { /* libwebsockets' per-connection storage */
-    gw_sess *s;
+struct pss {    /* libwebsockets' per-connection storage */
+    gw_sess *s; /* first: a WebSocket connection's storage holds only this */
     char *body; /* dev-login POST body */
     size_t body_len;
     bool want_body; /* this transaction is a dev-login POST: take its body */
@@ -467,6 +467,13 @@ static int on_http(gw *g, struct lws *wsi, struct pss *ps, const char *uri)
 
 /* ---- the WebSocket handshake ---- */
 
+/* The claims CONFIRM_UPGRADE verified, for the ESTABLISHED of the same
+ * connection that libwebsockets calls right after it (the WebSocket
+ * protocol's per-connection storage is not the HTTP one's): the token is
+ * verified once. Any other ESTABLISHED verifies it again. */
+static const struct lws *verified_wsi;
+static gw_player verified;
+
 static bool token_of(struct lws *wsi, char *tok, size_t cap)
 {
     const char *v = lws_get_urlarg_by_name(wsi, "token=", tok, (int)cap);
@@ -494,11 +501,9 @@ static int on_established(gw *g, struct lws *wsi, struct pss *ps)
 {
     gw_player p;
     char msg[160];
-    gw_player *verified = lws_get_opaque_user_data(wsi);
-    if (verified) { /* by CONFIRM_UPGRADE, moments ago */
-        p = *verified;
-        free(verified);
-        lws_set_opaque_user_data(wsi, NULL);
+    if (verified_wsi == wsi) { /* by CONFIRM_UPGRADE, moments ago */
+        p = verified;
+        verified_wsi = NULL;
     } else if (!check_upgrade(g, wsi, &p, msg)) {
         return close_with(wsi, 4001, "unauthorized");
     }
@@ -667,6 +672,9 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 {
     gw *g = the_gw;
     struct pss *ps = user;
+    /* The HTTP fields exist only in the HTTP protocol's storage. */
+    const struct lws_protocols *pr = lws_get_protocol(wsi);
+    struct pss *hp = pr && pr->per_session_data_size >= sizeof(struct pss) ? ps : NULL;
     switch (reason) {
     case LWS_CALLBACK_HTTP: {
         char uri[128] = "";
@@ -676,39 +684,39 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return on_http(g, wsi, ps, uri);
     }
     case LWS_CALLBACK_HTTP_BODY:
-        if (!ps || !ps->want_body)
+        if (!hp || !hp->want_body)
             return 0; /* a body nobody asked for (the request was answered) */
-        if (ps->body_len + len > 4096) {
-            ps->want_body = false;
-            free(ps->body); /* before the reply: it frees *ps */
-            ps->body = NULL;
-            ps->body_len = 0;
+        if (hp->body_len + len > 4096) {
+            hp->want_body = false;
+            free(hp->body); /* before the reply: it frees *ps */
+            hp->body = NULL;
+            hp->body_len = 0;
             return http_json_error(wsi, 413, "body too large");
         }
-        if (!ps->body && !(ps->body = malloc(4096)))
+        if (!hp->body && !(hp->body = malloc(4096)))
             return -1;
-        memcpy(ps->body + ps->body_len, in, len);
-        ps->body_len += len;
+        memcpy(hp->body + hp->body_len, in, len);
+        hp->body_len += len;
         return 0;
     case LWS_CALLBACK_HTTP_BODY_COMPLETION: {
-        if (!ps || !ps->want_body)
+        if (!hp || !hp->want_body)
             return 0;
         /* Take the body out first: the reply completes the transaction, and
          * libwebsockets frees *ps with it. */
-        ps->want_body = false;
-        char *body = ps->body;
-        size_t body_len = ps->body_len;
-        ps->body = NULL;
-        ps->body_len = 0;
+        hp->want_body = false;
+        char *body = hp->body;
+        size_t body_len = hp->body_len;
+        hp->body = NULL;
+        hp->body_len = 0;
         int r = dev_login(g, wsi, body ? body : "", body_len);
         free(body);
         return r;
     }
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
     case LWS_CALLBACK_CLOSED_HTTP:
-        free(ps ? ps->body : NULL);
-        if (ps)
-            ps->body = NULL;
+        free(hp ? hp->body : NULL);
+        if (hp)
+            hp->body = NULL;
         return 0;
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: {
         gw_player p;
@@ -722,19 +730,13 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             gw_log("info", "event=upgrade_refused reason=\"%s\"", msg);
             return http_refuse(wsi, 401, msg);
         }
-        /* Kept for ESTABLISHED (the WebSocket protocol's storage is not
-         * this one's): the token is verified once. */
-        gw_player *verified = malloc(sizeof *verified);
-        if (verified) {
-            *verified = p;
-            free(lws_get_opaque_user_data(wsi));
-            lws_set_opaque_user_data(wsi, verified);
-        }
+        verified_wsi = wsi; /* for ESTABLISHED, which follows at once */
+        verified = p;
         return 0;
     }
     case LWS_CALLBACK_WSI_DESTROY:
-        free(lws_get_opaque_user_data(wsi));
-        lws_set_opaque_user_data(wsi, NULL);
+        if (verified_wsi == wsi)
+            verified_wsi = NULL;
         return lws_callback_http_dummy(wsi, reason, user, in, len);
     case LWS_CALLBACK_ESTABLISHED:
         return on_established(g, wsi, ps);
@@ -755,7 +757,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
  * message arrives in 128-byte pieces and is assembled in on_receive). */
 static const struct lws_protocols protocols[] = {
     {"http", callback, sizeof(struct pss), 1024, 0, NULL, 0},
-    {"mudbus.v1", callback, sizeof(struct pss), 128, 0, NULL, 0},
+    {"mudbus.v1", callback, sizeof(gw_sess *), 128, 0, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0}};
 
 /* ---- NATS on the loop ---- */

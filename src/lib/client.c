@@ -500,8 +500,10 @@ static void client_free(mb_client *c)
     pthread_mutex_unlock(&c->lock);
     mb__js_close(c);
     mb__pool_close(c);
-    for (mb__sub *s = c->subs; s; s = s->next)
-        atomic_store(&s->active, false);
+    pthread_mutex_lock(&c->subs_lock);
+    MB__SUBS_EACH(c, s)
+    atomic_store(&s->active, false);
+    pthread_mutex_unlock(&c->subs_lock);
     wait_nats_done(c, 10000);
     mb__thread_stop(c);
     if (c->state && mb_connstate_get(c->state) != MB_CONN_CLOSED)
@@ -513,13 +515,11 @@ static void client_free(mb_client *c)
         mb_dlq_flush(c->o.dlq, NULL); /* so that every async put's callback has run */
     mb_timerq_destroy(c->internal_q);
     mb__dq_free_all(c);
-    mb__sub *s = c->subs;
-    while (s) {
-        mb__sub *next = s->next;
+    MB__SUBS_EACH(c, s)
+    {
         if (s->ns)
             natsSubscription_Destroy(s->ns);
         mb__client_sub_unref(s);
-        s = next;
     }
     for (size_t i = 0; i < c->npool; i++) {
         mb__conn *k = &c->conns[i];
@@ -982,7 +982,7 @@ static mb_sub_id slot_id(const mb_client *c, uint32_t slot)
     return (uint64_t)c->sub_gen[slot] << 32 | slot;
 }
 
-/* The listed subscription with this id, unlinked, or NULL. */
+/* The listed subscription with this id, taken out of the table, or NULL. */
 static mb__sub *slot_take(mb_client *c, mb_sub_id id)
 {
     uint32_t slot = (uint32_t)id;
@@ -990,13 +990,6 @@ static mb__sub *slot_take(mb_client *c, mb_sub_id id)
         return NULL;
     mb__sub *s = c->sub_slot[slot];
     slot_release(c, slot);
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        c->subs = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    s->next = s->prev = NULL;
     return s;
 }
 
@@ -1067,11 +1060,6 @@ listed:
     pthread_mutex_lock(&c->subs_lock);
     s->id = slot_id(c, slot);
     c->sub_slot[slot] = s;
-    s->prev = NULL;
-    s->next = c->subs;
-    if (c->subs)
-        c->subs->prev = s;
-    c->subs = s;
     pthread_mutex_unlock(&c->subs_lock);
     if (id)
         *id = s->id;

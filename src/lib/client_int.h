@@ -63,11 +63,16 @@ typedef struct mb__sub {
     /* One reference for the client's list, one for nats.c (dropped by the
      * subscription's on-complete callback), one per queued delivery. */
     _Atomic int refs;
-    struct mb__sub *next, *prev;
     struct mb__js_sub *js; /* JetStream pull subscription (client_js.c); NULL: core */
 } mb__sub;
 
 /* Poll mode: one pending handler or listener call. */
+/* Every listed subscription s of client c (c->subs_lock held, or no other
+ * thread left). */
+#define MB__SUBS_EACH(c, s)                                                                        \
+    for (uint32_t s##_i = 0; s##_i < (c)->sub_used; s##_i++)                                       \
+        for (mb__sub *s = (c)->sub_slot[s##_i]; s; s = NULL)
+
 typedef struct mb__item {
     struct mb__item *next;
     natsMsg *msg; /* a delivery (with sub), or NULL for an event */

@@ -821,8 +821,8 @@ mb_status mb__js_subscribe(mb_client *c, mb__sub *s, mb_err *err)
      * first unsubscribe would delete it under the other. */
     bool dup = false;
     pthread_mutex_lock(&c->subs_lock);
-    for (mb__sub *o = c->subs; o && !dup; o = o->next)
-        dup = o->js && strcmp(o->js->durable, q->durable) == 0;
+    MB__SUBS_EACH(c, o)
+    dup = dup || (o->js && strcmp(o->js->durable, q->durable) == 0);
     pthread_mutex_unlock(&c->subs_lock);
     if (dup)
         return mb_err_set(err, MB_EEXIST,
@@ -926,13 +926,16 @@ void mb__js_close(mb_client *c)
     atomic_store(&j->closed, true);
     /* Stop every fetch thread; destroy (not unsubscribe) keeps the durables. */
     pthread_mutex_lock(&c->subs_lock);
-    for (mb__sub *s = c->subs; s; s = s->next)
+    MB__SUBS_EACH(c, s)
+    {
         if (s->js) {
             atomic_store(&s->active, false);
             stop_thread(s->js);
         }
+    }
     pthread_mutex_unlock(&c->subs_lock);
-    for (mb__sub *s = c->subs; s; s = s->next) {
+    MB__SUBS_EACH(c, s)
+    {
         if (!s->js)
             continue;
         if (s->js->thread_started) {
