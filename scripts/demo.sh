@@ -50,8 +50,10 @@ for _ in $(seq 50); do
 done
 
 rm -f "$DATA/port"
+# The start room announces arrivals here (a few people trying it out); the
+# default is a quiet lobby.
 MUDBUS_AUTH_JWT_SECRET_FILE=$DATA/jwt_secret MUDBUS_STORE_SQLITE_PATH=$DATA/mutes.db \
-    build/mudbus-gateway \
+    MUDBUS_GATEWAY_START_ROOM_PRESENCE=on build/mudbus-gateway \
     --listen "127.0.0.1:$PORT" --nats "nats://127.0.0.1:$NATS_PORT" --web-root "$ROOT/web" \
     --dev-login --port-file "$DATA/port" 2>>"$DATA/gateway.log" &
 pids+=($!)

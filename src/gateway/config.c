@@ -208,7 +208,7 @@ int gw_config_load(gw_config *c, int argc, char **argv, char **envp)
     c->start_room =
         strdup(mb_config_get_str(cfg, "gateway", "start_room", "earth_arkham_city_square"));
     bool srp;
-    if (mb_config_get_bool(cfg, "gateway", "start_room_presence", true, &srp, &err) != MB_OK)
+    if (mb_config_get_bool(cfg, "gateway", "start_room_presence", false, &srp, &err) != MB_OK)
         return fail("gateway", err.msg);
     c->start_room_presence = srp;
     c->port_file =

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: MIT
 """Rate limits and configuration: rate_limited with retry_after_ms ([limits] say_per_minute = 2
 in a config file), the default say limit (15 per minute), --no-rate-limits, [gateway] start_room,
-[auth] jwt_secret_file, an environment override (MUDBUS_LIMITS_EMOTE_MAX_CHARS), and admission
-in bursts ([gateway] accept_batch)."""
+[auth] jwt_secret_file, an environment override (MUDBUS_LIMITS_EMOTE_MAX_CHARS), admission
+in bursts ([gateway] accept_batch), and the start room as a quiet lobby or not
+([gateway] start_room_presence)."""
 
 import asyncio
 import os
@@ -158,6 +159,50 @@ class AdmissionTests(GatewayTestCase):
         gw = gw_batch()
         await self.connect(gw, "Alice", room=uniq_room())
         self.assertGreater(await metric(gw, "mudbus_gateway_loop_busy_seconds_count"), 0)
+
+
+def gw_lobby(presence):
+    """A gateway with a start room of its own, presence there on or left at its default (off)."""
+    def make():
+        gw = Gateway("lobby-%s" % presence, [shared_nats().url],
+                     instance_id="gw-lobby-%s" % presence)
+        cfg = {"start_room": "earth_lobby_%s_hall_%s" % (presence, uid().lower())}
+        if presence == "on":
+            cfg["start_room_presence"] = True
+        gw.config = {"gateway": cfg}
+        return gw.start()
+    return shared("gw-lobby-%s" % presence, make)
+
+
+class PresenceTests(GatewayTestCase):
+    async def test_start_room_is_a_quiet_lobby_by_default(self):
+        gw = gw_lobby("default")
+        a = await self.connect(gw, "Alice")
+        b = await self.connect(gw, "Bob")
+        lobby = a.welcome["data"]["room_id"]
+        await b.ok("join", room_id=uniq_room())
+        await a.expect_none("player_entered", player_id=b.player_id)
+        await a.expect_none("player_left", player_id=b.player_id)
+        # Chat in the lobby still works, and so does presence in other rooms.
+        c = await self.connect(gw, "Cora")
+        await a.expect_none("player_entered", player_id=c.player_id)
+        line = "lobby %s" % uid()
+        await a.ok("say", content=line)
+        await c.chat(line)
+        room = uniq_room()
+        await a.ok("join", room_id=room)
+        await c.ok("join", room_id=room)
+        await a.expect("player_entered", player_id=c.player_id, room_id=room)
+        self.assertTrue(lobby.startswith("earth_lobby_default_hall"), lobby)
+
+    async def test_start_room_presence_on_announces_arrivals_and_departures(self):
+        gw = gw_lobby("on")
+        a = await self.connect(gw, "Alice")
+        lobby = a.welcome["data"]["room_id"]
+        b = await self.connect(gw, "Bob")
+        await a.expect("player_entered", player_id=b.player_id, room_id=lobby)
+        await b.ok("join", room_id=uniq_room())
+        await a.expect("player_left", player_id=b.player_id, room_id=lobby)
 
 
 if __name__ == "__main__":
