@@ -388,8 +388,7 @@ void mb__dlq_gauges(mb_dlq *d)
     int64_t age = 0;
     for (size_t i = 0; i < d->nix; i++) {
         if (d->ix[i].flags == 0) {
-            int64_t a = wall_ms(d) - d->ix[i].added_ms;
-            age = a > 0 ? a / 1000 : 0;
+            age = (int64_t)(mb__dlq_age_ms(wall_ms(d), d->ix[i].added_ms) / 1000);
             break;
         }
     }

@@ -201,6 +201,14 @@ void mb__dlq_logf(mb_dlq *d, const char *fmt, ...)
 #endif
     ;
 
+/* now - then in milliseconds, 0 when then is not before now. Times read
+ * from a file may be anything: the difference is taken without signed
+ * overflow (it always fits in 64 unsigned bits). */
+static inline uint64_t mb__dlq_age_ms(int64_t now, int64_t then)
+{
+    return now > then ? (uint64_t)now - (uint64_t)then : 0;
+}
+
 /* Index lookup: the position of the first entry with id >= `id`. Under imu. */
 size_t mb__dlq_ix_lower(const mb_dlq *d, uint64_t id);
 /* Delete segments that hold no live entry and no needed marker, except the

@@ -425,8 +425,7 @@ mb_status mb_dlq_stats_get(mb_dlq *d, mb_dlq_stats *out)
     for (size_t i = 0; i < d->nix; i++) {
         if (d->ix[i].flags == 0) {
             out->oldest_added_ms = d->ix[i].added_ms;
-            out->oldest_age_ms =
-                now > out->oldest_added_ms ? (uint64_t)(now - out->oldest_added_ms) : 0;
+            out->oldest_age_ms = mb__dlq_age_ms(now, out->oldest_added_ms);
             break;
         }
     }
