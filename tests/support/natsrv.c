@@ -13,16 +13,16 @@
  * DIR/nats-server_<pid>.ports; a restart passes `-p PORT` so clients find the
  * server where they left it, and reuses the same config and store.
  *
- * Processes. The server is a child of the calling thread (fork and exec). In
- * the child, before exec, PR_SET_PDEATHSIG makes the kernel SIGKILL the server
- * when that thread dies, so a crashed or aborted test never leaves a server
- * behind; the price is that the thread that starts or restarts a server must
- * outlive it (cmocka runs tests on the main thread, which does). The child
- * also closes every inherited descriptor, so it never holds a test's client
- * sockets open. Only the pid this module forked is ever signalled, and only
- * until it has been reaped (after which pid is 0), so a reused pid is never
- * hit. Stopping sends SIGTERM (and SIGCONT, since a frozen server would not
- * act on it), waits up to 5 s, then SIGKILL.
+ * Processes. The server is a child of the calling thread (fork and exec, by
+ * srvproc.c). In the child, before exec, PR_SET_PDEATHSIG makes the kernel
+ * SIGKILL the server when that thread dies, so a crashed or aborted test never
+ * leaves a server behind; the price is that the thread that starts or
+ * restarts a server must outlive it (cmocka runs tests on the main thread,
+ * which does). The child also closes every inherited descriptor, so it never
+ * holds a test's client sockets open. Only the pid this module forked is
+ * ever signalled, and only until it has been reaped (after which pid is 0),
+ * so a reused pid is never hit. Stopping sends SIGTERM (and SIGCONT, since a
+ * frozen server would not act on it), waits up to 5 s, then SIGKILL.
  *
  * Errors go to stderr with a "natsrv:" prefix, with the tail of server.log
  * when the server failed to come up; functions then return -1.
@@ -30,33 +30,30 @@
  * Threads: a natsrv is used by one thread (see above for which one).
  */
 #include "natsrv.h"
+#include "srvproc.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #define START_TIMEOUT_MS  10000
 #define STOP_TIMEOUT_MS   5000
 #define SIGNAL_TIMEOUT_MS 2000
 #define POLL_MS           10
-#define LOG_TAIL_BYTES    4096
+
+/* The prefix of this module's messages, and fail() to print one (srvproc.h). */
+#define WHO       "natsrv"
+#define fail(...) srvproc_fail(WHO, __VA_ARGS__)
 
 struct natsrv {
     pid_t pid; /* 0 when not running (never started, stopped, or reaped) */
@@ -76,65 +73,6 @@ struct natsrv {
     char url[64];
 };
 
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("natsrv: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
-    }
-}
-
-/* Join dir and name into out (PATH_MAX bytes). 0, or -1 if it does not fit. */
-static int path_join(char *out, const char *dir, const char *name)
-{
-    int n = snprintf(out, PATH_MAX, "%s/%s", dir, name);
-    if (n < 0 || n >= PATH_MAX) {
-        fail("path too long: %s/%s", dir, name);
-        return -1;
-    }
-    return 0;
-}
-
-/* Print the last LOG_TAIL_BYTES of a log file to stderr. */
-static void print_tail(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return;
-    char buf[LOG_TAIL_BYTES + 1];
-    long start = 0;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long size = ftell(f);
-        if (size > LOG_TAIL_BYTES)
-            start = size - LOG_TAIL_BYTES;
-    }
-    fseek(f, start, SEEK_SET);
-    size_t n = fread(buf, 1, LOG_TAIL_BYTES, f);
-    fclose(f);
-    buf[n] = '\0';
-    fprintf(stderr, "natsrv: ---- tail of %s ----\n%s%s", path, buf,
-            n > 0 && buf[n - 1] != '\n' ? "\n" : "");
-    fprintf(stderr, "natsrv: ---- end of %s ----\n", path);
-}
-
 /* Find an executable named name in $PATH, else use fallback. Done before
  * fork, because searching allocates and the child may only call
  * async-signal-safe functions. */
@@ -152,95 +90,6 @@ static void find_program(const char *name, const char *fallback, char out[PATH_M
         path = colon ? colon + 1 : NULL;
     }
     snprintf(out, PATH_MAX, "%s", fallback);
-}
-
-/* Runs in the forked child: only async-signal-safe calls until exec. */
-static void child_exec(const char *bin, char *const argv[], const char *log, pid_t parent)
-{
-    /* SIGKILL this process when the thread that forked it dies; if that
-     * happened already, the signal will never come, so exit now. */
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) == -1 || getppid() != parent)
-        _exit(126);
-    int in = open("/dev/null", O_RDONLY);
-    int out = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-    if (in == -1 || out == -1 || dup2(in, 0) == -1 || dup2(out, 1) == -1 || dup2(out, 2) == -1)
-        _exit(126);
-    /* Do not inherit the test's sockets: a client connection held open by
-     * the server process would never see its close. */
-    if (syscall(SYS_close_range, 3U, ~0U, 0U) == -1) {
-        long max = sysconf(_SC_OPEN_MAX);
-        for (long fd = 3; fd < (max > 0 ? max : 1024); fd++)
-            close((int)fd);
-    }
-    /* The default signal dispositions and an empty mask, whatever the test
-     * process had set (exec keeps ignored signals and the mask). */
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGPIPE, SIG_DFL);
-    signal(SIGINT, SIG_DFL);
-    execv(bin, argv);
-    static const char msg[] = "natsrv: exec failed\n";
-    ssize_t ignored = write(2, msg, sizeof msg - 1);
-    (void)ignored;
-    _exit(127);
-}
-
-/* Fork and exec argv[0] (an absolute path) with stdout and stderr appended
- * to log. Returns the pid, or -1 after a message. */
-static pid_t spawn(char *const argv[], const char *log)
-{
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid == -1) {
-        fail("fork: %s", strerror(errno));
-        return -1;
-    }
-    if (pid == 0)
-        child_exec(argv[0], argv, log, parent);
-    return pid;
-}
-
-/* waitpid that retries on EINTR. */
-static pid_t wait_child(pid_t pid, int *status, int flags)
-{
-    pid_t r;
-    do {
-        r = waitpid(pid, status, flags);
-    } while (r == -1 && errno == EINTR);
-    return r;
-}
-
-static void describe_exit(int status, char *buf, size_t size)
-{
-    if (WIFEXITED(status))
-        snprintf(buf, size, "exited with status %d", WEXITSTATUS(status));
-    else if (WIFSIGNALED(status))
-        snprintf(buf, size, "was killed by signal %d", WTERMSIG(status));
-    else
-        snprintf(buf, size, "ended (wait status %d)", status);
-}
-
-/* Run a short helper program to completion. 0 if it exited with 0. */
-static int run_tool(char *const argv[], const char *log)
-{
-    pid_t pid = spawn(argv, log);
-    if (pid == -1)
-        return -1;
-    int status;
-    if (wait_child(pid, &status, 0) == -1) {
-        fail("waitpid %s: %s", argv[0], strerror(errno));
-        return -1;
-    }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        char why[64];
-        describe_exit(status, why, sizeof why);
-        fail("%s %s %s", argv[0], argv[1] ? argv[1] : "", why);
-        print_tail(log);
-        return -1;
-    }
-    return 0;
 }
 
 static int write_file(const char *path, const char *text)
@@ -287,7 +136,7 @@ static int gen_key(const char *openssl, const char *key_path, const char *log)
 {
     char *argv[] = {(char *)openssl,           "genpkey", "-algorithm",     "EC", "-pkeyopt",
                     "ec_paramgen_curve:P-256", "-out",    (char *)key_path, NULL};
-    return run_tool(argv, log);
+    return srvproc_run_tool(WHO, NULL, argv, log);
 }
 
 /* Make a key and a certificate signed by the CA in s, with the extensions of
@@ -297,14 +146,14 @@ static int gen_leaf(const struct natsrv *s, const char *openssl, const char *cnf
                     const char *cert_path)
 {
     char csr[PATH_MAX], subj[128];
-    if (path_join(csr, s->dir, "leaf.csr") == -1)
+    if (srvproc_path_join(WHO, csr, s->dir, "leaf.csr") == -1)
         return -1;
     snprintf(subj, sizeof subj, "/CN=%s", cn);
     if (gen_key(openssl, key_path, log) == -1)
         return -1;
     char *req[] = {(char *)openssl,  "req",   "-new", "-config", (char *)cnf, "-key",
                    (char *)key_path, "-subj", subj,   "-out",    csr,         NULL};
-    if (run_tool(req, log) == -1)
+    if (srvproc_run_tool(WHO, NULL, req, log) == -1)
         return -1;
     char *sign[] = {(char *)openssl,
                     "x509",
@@ -327,7 +176,7 @@ static int gen_leaf(const struct natsrv *s, const char *openssl, const char *cnf
                     "-out",
                     (char *)cert_path,
                     NULL};
-    int rc = run_tool(sign, log);
+    int rc = srvproc_run_tool(WHO, NULL, sign, log);
     unlink(csr);
     return rc;
 }
@@ -341,15 +190,16 @@ static int gen_certs(struct natsrv *s)
         fail("the openssl command-line tool is needed for TLS (apt-get install openssl)");
         return -1;
     }
-    if (path_join(cnf, s->dir, "openssl.cnf") == -1 ||
-        path_join(log, s->dir, "openssl.log") == -1 || write_file(cnf, openssl_cnf) == -1)
+    if (srvproc_path_join(WHO, cnf, s->dir, "openssl.cnf") == -1 ||
+        srvproc_path_join(WHO, log, s->dir, "openssl.log") == -1 ||
+        write_file(cnf, openssl_cnf) == -1)
         return -1;
     if (gen_key(openssl, s->ca_key, log) == -1)
         return -1;
     char *ca[] = {openssl,       "req",   "-x509",   "-new",    "-config", cnf,
                   "-extensions", "v3_ca", "-key",    s->ca_key, "-subj",   "/CN=natsrv test CA",
                   "-days",       "2",     "-sha256", "-out",    s->ca,     NULL};
-    if (run_tool(ca, log) == -1)
+    if (srvproc_run_tool(WHO, NULL, ca, log) == -1)
         return -1;
     if (gen_leaf(s, openssl, cnf, log, "localhost", "v3_server", "2", s->server_key,
                  s->server_cert) == -1)
@@ -438,7 +288,7 @@ static int read_ports_file(const struct natsrv *s, pid_t pid)
 {
     char path[PATH_MAX], name[64], buf[1024];
     snprintf(name, sizeof name, "nats-server_%ld.ports", (long)pid);
-    if (path_join(path, s->dir, name) == -1)
+    if (srvproc_path_join(WHO, path, s->dir, name) == -1)
         return -1;
     FILE *f = fopen(path, "r");
     if (!f)
@@ -493,14 +343,14 @@ static void kill_and_reap(struct natsrv *s, int timeout_ms)
     /* A stopped (frozen) process acts on nothing but SIGKILL until it is
      * continued; SIGCONT does no harm to a running one. */
     kill(s->pid, SIGCONT);
-    long long deadline = now_ms() + timeout_ms;
+    long long deadline = srvproc_now_ms() + timeout_ms;
     pid_t r;
-    while ((r = wait_child(s->pid, &status, WNOHANG)) == 0 && now_ms() < deadline)
-        sleep_ms(POLL_MS);
+    while ((r = srvproc_wait(s->pid, &status, WNOHANG)) == 0 && srvproc_now_ms() < deadline)
+        srvproc_sleep_ms(POLL_MS);
     if (r == 0) {
         fail("nats-server %ld ignored SIGTERM for %d ms: SIGKILL", (long)s->pid, timeout_ms);
         kill(s->pid, SIGKILL);
-        r = wait_child(s->pid, &status, 0);
+        r = srvproc_wait(s->pid, &status, 0);
     }
     if (r == -1)
         fail("waitpid %ld: %s", (long)s->pid, strerror(errno));
@@ -517,22 +367,22 @@ static int launch(struct natsrv *s, int port)
     char *argv[] = {s->bin, "-c", s->conf, "-a", "127.0.0.1", "-p", port_arg, "--ports_file_dir",
                     s->dir, NULL};
     s->frozen = false;
-    s->pid = spawn(argv, s->log);
+    s->pid = srvproc_spawn(WHO, NULL, argv, s->log);
     if (s->pid == -1) {
         s->pid = 0;
         return -1;
     }
-    long long deadline = now_ms() + START_TIMEOUT_MS;
+    long long deadline = srvproc_now_ms() + START_TIMEOUT_MS;
     int got = 0;
     for (;;) {
         int status;
-        pid_t r = wait_child(s->pid, &status, WNOHANG);
+        pid_t r = srvproc_wait(s->pid, &status, WNOHANG);
         if (r == s->pid) {
             char why[64];
-            describe_exit(status, why, sizeof why);
+            srvproc_describe_exit(status, why, sizeof why);
             fail("nats-server (%s) %s before it accepted connections", s->bin, why);
             s->pid = 0;
-            print_tail(s->log);
+            srvproc_print_tail(WHO, s->log);
             return -1;
         }
         if (got == 0)
@@ -548,32 +398,16 @@ static int launch(struct natsrv *s, int port)
             snprintf(s->url, sizeof s->url, "%s://127.0.0.1:%d", s->tls ? "tls" : "nats", got);
             return 0;
         }
-        if (now_ms() >= deadline) {
+        if (srvproc_now_ms() >= deadline) {
             fail("nats-server did not accept connections within %d ms (%s)", START_TIMEOUT_MS,
                  got > 0 ? "port known, connect fails" : "no ports file");
             break;
         }
-        sleep_ms(POLL_MS);
+        srvproc_sleep_ms(POLL_MS);
     }
     kill_and_reap(s, STOP_TIMEOUT_MS);
-    print_tail(s->log);
+    srvproc_print_tail(WHO, s->log);
     return -1;
-}
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    if (remove(path) == -1 && errno != ENOENT)
-        fail("cannot remove %s: %s", path, strerror(errno));
-    return 0;
-}
-
-static void remove_dir(const char *dir)
-{
-    if (dir[0] != '\0')
-        nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 int natsrv_start(const natsrv_opts *opts, natsrv **out)
@@ -604,13 +438,14 @@ int natsrv_start(const natsrv_opts *opts, natsrv **out)
         return -1;
     }
     if (check_value("the temporary directory's path", s->dir) == -1 ||
-        path_join(s->conf, s->dir, "nats.conf") == -1 ||
-        path_join(s->log, s->dir, "server.log") == -1 || path_join(s->ca, s->dir, "ca.pem") == -1 ||
-        path_join(s->ca_key, s->dir, "ca-key.pem") == -1 ||
-        path_join(s->cert, s->dir, "client.pem") == -1 ||
-        path_join(s->key, s->dir, "client-key.pem") == -1 ||
-        path_join(s->server_cert, s->dir, "server.pem") == -1 ||
-        path_join(s->server_key, s->dir, "server-key.pem") == -1)
+        srvproc_path_join(WHO, s->conf, s->dir, "nats.conf") == -1 ||
+        srvproc_path_join(WHO, s->log, s->dir, "server.log") == -1 ||
+        srvproc_path_join(WHO, s->ca, s->dir, "ca.pem") == -1 ||
+        srvproc_path_join(WHO, s->ca_key, s->dir, "ca-key.pem") == -1 ||
+        srvproc_path_join(WHO, s->cert, s->dir, "client.pem") == -1 ||
+        srvproc_path_join(WHO, s->key, s->dir, "client-key.pem") == -1 ||
+        srvproc_path_join(WHO, s->server_cert, s->dir, "server.pem") == -1 ||
+        srvproc_path_join(WHO, s->server_key, s->dir, "server-key.pem") == -1)
         goto error;
     find_program("nats-server", "/usr/bin/nats-server", s->bin);
     if (access(s->bin, X_OK) != 0) {
@@ -625,7 +460,7 @@ int natsrv_start(const natsrv_opts *opts, natsrv **out)
     return 0;
 error:
     fprintf(stderr, "natsrv: start failed; config was %s\n", s->conf);
-    remove_dir(s->dir);
+    srvproc_remove_dir(WHO, s->dir);
     free(s);
     return -1;
 }
@@ -635,7 +470,7 @@ void natsrv_destroy(natsrv *s)
     if (!s)
         return;
     kill_and_reap(s, STOP_TIMEOUT_MS);
-    remove_dir(s->dir);
+    srvproc_remove_dir(WHO, s->dir);
     free(s);
 }
 
@@ -683,11 +518,11 @@ int natsrv_stop(natsrv *s)
 {
     if (s->pid > 0) {
         int status;
-        if (wait_child(s->pid, &status, WNOHANG) == s->pid) {
+        if (srvproc_wait(s->pid, &status, WNOHANG) == s->pid) {
             char why[64];
-            describe_exit(status, why, sizeof why);
+            srvproc_describe_exit(status, why, sizeof why);
             fail("nats-server %ld had already %s", (long)s->pid, why);
-            print_tail(s->log);
+            srvproc_print_tail(WHO, s->log);
             s->pid = 0;
             s->frozen = false;
         }
@@ -721,18 +556,18 @@ static int signal_and_confirm(natsrv *s, int sig)
         return -1;
     }
     int flags = WNOHANG | (sig == SIGSTOP ? WUNTRACED : WCONTINUED);
-    long long deadline = now_ms() + SIGNAL_TIMEOUT_MS;
+    long long deadline = srvproc_now_ms() + SIGNAL_TIMEOUT_MS;
     for (;;) {
         int status;
-        pid_t r = wait_child(s->pid, &status, flags);
+        pid_t r = srvproc_wait(s->pid, &status, flags);
         if (r == s->pid) {
             if (sig == SIGSTOP ? WIFSTOPPED(status) : WIFCONTINUED(status))
                 return 0;
             if (WIFEXITED(status) || WIFSIGNALED(status)) {
                 char why[64];
-                describe_exit(status, why, sizeof why);
+                srvproc_describe_exit(status, why, sizeof why);
                 fail("nats-server %ld %s", (long)s->pid, why);
-                print_tail(s->log);
+                srvproc_print_tail(WHO, s->log);
                 s->pid = 0;
                 s->frozen = false;
                 return -1;
@@ -741,12 +576,12 @@ static int signal_and_confirm(natsrv *s, int sig)
             fail("waitpid %ld: %s", (long)s->pid, strerror(errno));
             return -1;
         }
-        if (now_ms() >= deadline) {
+        if (srvproc_now_ms() >= deadline) {
             fail("nats-server %ld did not report %s within %d ms", (long)s->pid,
                  sig == SIGSTOP ? "stopped" : "continued", SIGNAL_TIMEOUT_MS);
             return -1;
         }
-        sleep_ms(1);
+        srvproc_sleep_ms(1);
     }
 }
 

@@ -8,16 +8,17 @@
  * data/postgresql.conf: the port, listen_addresses '127.0.0.1', the socket
  * directory, fsync and synchronous_commit off.
  *
- * Processes. The postmaster is forked and exec'd directly (not daemonised by
- * `pg_ctl start`), so it is our child: PR_SET_PDEATHSIG, set after dropping
- * to the postgres user (a credential change clears it), makes the kernel
- * SIGKILL it when the starting thread dies, and its backends exit when they
- * see it gone. Readiness is the "ready" status line pg_ctl itself waits for
- * in data/postmaster.pid. Stopping runs `pg_ctl stop -m fast` and reaps the
- * child; if that fails or takes over 10 s, the child is SIGKILLed. Only the
- * pid this module forked is ever signalled, and only until it is reaped;
- * freezing also stops (and thawing continues) that postmaster's own children,
- * found by their parent pid in /proc. Stopping a frozen server thaws it first.
+ * Processes. The postmaster is forked and exec'd directly (by srvproc.c; not
+ * daemonised by `pg_ctl start`), so it is our child: PR_SET_PDEATHSIG, set
+ * after dropping to the postgres user (a credential change clears it), makes
+ * the kernel SIGKILL it when the starting thread dies, and its backends exit
+ * when they see it gone. Readiness is the "ready" status line pg_ctl itself
+ * waits for in data/postmaster.pid. Stopping runs `pg_ctl stop -m fast` and
+ * reaps the child; if that fails or takes over 10 s, the child is SIGKILLed.
+ * Only the pid this module forked is ever signalled, and only until it is
+ * reaped; freezing also stops (and thawing continues) that postmaster's own
+ * children, found by their parent pid in /proc. Stopping a frozen server
+ * thaws it first.
  * When run as root every child (initdb, postgres, pg_ctl, createdb) drops to
  * the postgres user before exec (setgid, setuid: what `runuser -u postgres`
  * does, without a PAM session).
@@ -25,46 +26,40 @@
  * Errors go to stderr with a "pgsrv:" prefix; functions then return -1.
  */
 #include "pgsrv.h"
+#include "srvproc.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <ctype.h>
 #include <dirent.h>
-#include <ftw.h>
 #include <glob.h>
-#include <grp.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <pwd.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #define START_TIMEOUT_MS 30000
 #define STOP_TIMEOUT_MS  10000
 #define POLL_MS          20
-#define LOG_TAIL_BYTES   4096
 #define START_TRIES      3
+
+/* The prefix of this module's messages, and fail() to print one (srvproc.h). */
+#define WHO       "pgsrv"
+#define fail(...) srvproc_fail(WHO, __VA_ARGS__)
 
 struct pgsrv {
     pid_t pid; /* the postmaster; 0 when not running or reaped */
     bool frozen;
     int port;
-    bool as_postgres; /* children drop to uid/gid */
-    uid_t uid;
-    gid_t gid;
+    srvproc_spawn_opts child; /* every child: run in dir, as postgres when root */
     char bindir[PATH_MAX];
     char dir[PATH_MAX];
     char data[PATH_MAX];
@@ -74,63 +69,6 @@ struct pgsrv {
     char pidfile[PATH_MAX];
     char url[128];
 };
-
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("pgsrv: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
-    }
-}
-
-static int path_join(char *out, const char *dir, const char *name)
-{
-    int n = snprintf(out, PATH_MAX, "%s/%s", dir, name);
-    if (n < 0 || n >= PATH_MAX) {
-        fail("path too long: %s/%s", dir, name);
-        return -1;
-    }
-    return 0;
-}
-
-static void print_tail(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return;
-    char buf[LOG_TAIL_BYTES + 1];
-    long start = 0;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long size = ftell(f);
-        if (size > LOG_TAIL_BYTES)
-            start = size - LOG_TAIL_BYTES;
-    }
-    fseek(f, start, SEEK_SET);
-    size_t n = fread(buf, 1, LOG_TAIL_BYTES, f);
-    fclose(f);
-    buf[n] = '\0';
-    fprintf(stderr, "pgsrv: ---- tail of %s ----\n%s%s", path, buf,
-            n > 0 && buf[n - 1] != '\n' ? "\n" : "");
-    fprintf(stderr, "pgsrv: ---- end of %s ----\n", path);
-}
 
 /* The bin directory of the newest PostgreSQL under /usr/lib/postgresql, or
  * $PGSRV_BINDIR. */
@@ -157,93 +95,6 @@ static int find_bindir(char out[PATH_MAX])
         }
     }
     globfree(&g);
-    return 0;
-}
-
-/* Runs in the forked child: only async-signal-safe calls until exec. */
-static void child_exec(const struct pgsrv *s, char *const argv[], const char *log, pid_t parent)
-{
-    if (s->as_postgres &&
-        (setgroups(0, NULL) == -1 || setgid(s->gid) == -1 || setuid(s->uid) == -1))
-        _exit(125);
-    /* After the credential change, which would clear it. */
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) == -1 || getppid() != parent)
-        _exit(126);
-    int in = open("/dev/null", O_RDONLY);
-    int out = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-    if (in == -1 || out == -1 || dup2(in, 0) == -1 || dup2(out, 1) == -1 || dup2(out, 2) == -1)
-        _exit(126);
-    if (syscall(SYS_close_range, 3U, ~0U, 0U) == -1) {
-        long max = sysconf(_SC_OPEN_MAX);
-        for (long fd = 3; fd < (max > 0 ? max : 1024); fd++)
-            close((int)fd);
-    }
-    if (chdir(s->dir) == -1)
-        _exit(126);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGPIPE, SIG_DFL);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGQUIT, SIG_DFL);
-    execv(argv[0], argv);
-    static const char msg[] = "pgsrv: exec failed\n";
-    ssize_t ignored = write(2, msg, sizeof msg - 1);
-    (void)ignored;
-    _exit(127);
-}
-
-static pid_t spawn(const struct pgsrv *s, char *const argv[], const char *log)
-{
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid == -1) {
-        fail("fork: %s", strerror(errno));
-        return -1;
-    }
-    if (pid == 0)
-        child_exec(s, argv, log, parent);
-    return pid;
-}
-
-static pid_t wait_child(pid_t pid, int *status, int flags)
-{
-    pid_t r;
-    do {
-        r = waitpid(pid, status, flags);
-    } while (r == -1 && errno == EINTR);
-    return r;
-}
-
-static void describe_exit(int status, char *buf, size_t size)
-{
-    if (WIFEXITED(status))
-        snprintf(buf, size, "exited with status %d", WEXITSTATUS(status));
-    else if (WIFSIGNALED(status))
-        snprintf(buf, size, "was killed by signal %d", WTERMSIG(status));
-    else
-        snprintf(buf, size, "ended (wait status %d)", status);
-}
-
-/* Run a tool from bindir to completion. 0 if it exited with 0. */
-static int run_tool(const struct pgsrv *s, char *const argv[])
-{
-    pid_t pid = spawn(s, argv, s->tools_log);
-    if (pid == -1)
-        return -1;
-    int status;
-    if (wait_child(pid, &status, 0) == -1) {
-        fail("waitpid %s: %s", argv[0], strerror(errno));
-        return -1;
-    }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        char why[64];
-        describe_exit(status, why, sizeof why);
-        fail("%s %s %s", argv[0], argv[1] ? argv[1] : "", why);
-        print_tail(s->tools_log);
-        return -1;
-    }
     return 0;
 }
 
@@ -293,7 +144,7 @@ static void kill_and_reap(struct pgsrv *s)
         return;
     int status;
     kill(s->pid, SIGKILL);
-    if (wait_child(s->pid, &status, 0) == -1)
+    if (srvproc_wait(s->pid, &status, 0) == -1)
         fail("waitpid %ld: %s", (long)s->pid, strerror(errno));
     s->pid = 0;
 }
@@ -301,69 +152,53 @@ static void kill_and_reap(struct pgsrv *s)
 /* Wait up to ms for the postmaster to exit and reap it. true if it did. */
 static bool reap_within(struct pgsrv *s, long long ms)
 {
-    long long deadline = now_ms() + ms;
+    long long deadline = srvproc_now_ms() + ms;
     for (;;) {
         int status;
-        pid_t r = wait_child(s->pid, &status, WNOHANG);
+        pid_t r = srvproc_wait(s->pid, &status, WNOHANG);
         if (r == s->pid || r == -1) {
             s->pid = 0;
             return true;
         }
-        if (now_ms() >= deadline)
+        if (srvproc_now_ms() >= deadline)
             return false;
-        sleep_ms(POLL_MS);
+        srvproc_sleep_ms(POLL_MS);
     }
 }
 
 static int launch(struct pgsrv *s)
 {
     char postgres[PATH_MAX];
-    if (path_join(postgres, s->bindir, "postgres") == -1)
+    if (srvproc_path_join(WHO, postgres, s->bindir, "postgres") == -1)
         return -1;
     char *argv[] = {postgres, "-D", s->data, NULL};
-    s->pid = spawn(s, argv, s->log);
+    s->pid = srvproc_spawn(WHO, &s->child, argv, s->log);
     if (s->pid == -1) {
         s->pid = 0;
         return -1;
     }
-    long long deadline = now_ms() + START_TIMEOUT_MS;
+    long long deadline = srvproc_now_ms() + START_TIMEOUT_MS;
     for (;;) {
         int status;
-        pid_t r = wait_child(s->pid, &status, WNOHANG);
+        pid_t r = srvproc_wait(s->pid, &status, WNOHANG);
         if (r == s->pid) {
             char why[64];
-            describe_exit(status, why, sizeof why);
+            srvproc_describe_exit(status, why, sizeof why);
             fail("postgres %s before it accepted connections (port %d)", why, s->port);
             s->pid = 0;
-            print_tail(s->log);
+            srvproc_print_tail(WHO, s->log);
             return -1;
         }
         if (pidfile_ready(s))
             return 0;
-        if (now_ms() >= deadline) {
+        if (srvproc_now_ms() >= deadline) {
             fail("postgres did not become ready within %d ms", START_TIMEOUT_MS);
             kill_and_reap(s);
-            print_tail(s->log);
+            srvproc_print_tail(WHO, s->log);
             return -1;
         }
-        sleep_ms(POLL_MS);
+        srvproc_sleep_ms(POLL_MS);
     }
-}
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    if (remove(path) == -1 && errno != ENOENT)
-        fail("cannot remove %s: %s", path, strerror(errno));
-    return 0;
-}
-
-static void remove_dir(const char *dir)
-{
-    if (dir[0] != '\0')
-        nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 static int write_conf(const struct pgsrv *s)
@@ -402,11 +237,11 @@ static int set_port(struct pgsrv *s, int port)
 static int createdb(struct pgsrv *s, const char *name)
 {
     char tool[PATH_MAX], port[16];
-    if (path_join(tool, s->bindir, "createdb") == -1)
+    if (srvproc_path_join(WHO, tool, s->bindir, "createdb") == -1)
         return -1;
     snprintf(port, sizeof port, "%d", s->port);
     char *argv[] = {tool, "-h", s->dir, "-p", port, "-U", "postgres", (char *)name, NULL};
-    return run_tool(s, argv);
+    return srvproc_run_tool(WHO, &s->child, argv, s->tools_log);
 }
 
 int pgsrv_start(pgsrv **out)
@@ -428,9 +263,9 @@ int pgsrv_start(pgsrv **out)
             free(s);
             return -1;
         }
-        s->as_postgres = true;
-        s->uid = pw->pw_uid;
-        s->gid = pw->pw_gid;
+        s->child.drop = true;
+        s->child.uid = pw->pw_uid;
+        s->child.gid = pw->pw_gid;
     }
     const char *tmp = getenv("TMPDIR");
     if (!tmp || !*tmp)
@@ -447,21 +282,23 @@ int pgsrv_start(pgsrv **out)
         free(s);
         return -1;
     }
-    if (path_join(s->data, s->dir, "data") == -1 || path_join(s->log, s->dir, "server.log") == -1 ||
-        path_join(s->tools_log, s->dir, "tools.log") == -1 ||
-        path_join(s->conf, s->data, "postgresql.conf") == -1 ||
-        path_join(s->pidfile, s->data, "postmaster.pid") == -1)
+    s->child.cwd = s->dir;
+    if (srvproc_path_join(WHO, s->data, s->dir, "data") == -1 ||
+        srvproc_path_join(WHO, s->log, s->dir, "server.log") == -1 ||
+        srvproc_path_join(WHO, s->tools_log, s->dir, "tools.log") == -1 ||
+        srvproc_path_join(WHO, s->conf, s->data, "postgresql.conf") == -1 ||
+        srvproc_path_join(WHO, s->pidfile, s->data, "postmaster.pid") == -1)
         goto error;
-    if (s->as_postgres && chown(s->dir, s->uid, s->gid) == -1) {
+    if (s->child.drop && chown(s->dir, s->child.uid, s->child.gid) == -1) {
         fail("chown %s to postgres: %s", s->dir, strerror(errno));
         goto error;
     }
     char initdb[PATH_MAX];
-    if (path_join(initdb, s->bindir, "initdb") == -1)
+    if (srvproc_path_join(WHO, initdb, s->bindir, "initdb") == -1)
         goto error;
     char *argv[] = {initdb,     "-D", s->data, "-A",          "trust",     "-U",
                     "postgres", "-E", "UTF8",  "--no-locale", "--no-sync", NULL};
-    if (run_tool(s, argv) == -1)
+    if (srvproc_run_tool(WHO, &s->child, argv, s->tools_log) == -1)
         goto error;
     int tries = 0;
     for (;;) {
@@ -553,19 +390,19 @@ static int stop_server(struct pgsrv *s)
         return 0;
     pgsrv_thaw(s);
     int status;
-    if (wait_child(s->pid, &status, WNOHANG) == s->pid) {
+    if (srvproc_wait(s->pid, &status, WNOHANG) == s->pid) {
         char why[64];
-        describe_exit(status, why, sizeof why);
+        srvproc_describe_exit(status, why, sizeof why);
         fail("postgres %ld had already %s", (long)s->pid, why);
-        print_tail(s->log);
+        srvproc_print_tail(WHO, s->log);
         s->pid = 0;
         return 0;
     }
     char pg_ctl[PATH_MAX];
     int rc = -1;
-    if (path_join(pg_ctl, s->bindir, "pg_ctl") == 0) {
+    if (srvproc_path_join(WHO, pg_ctl, s->bindir, "pg_ctl") == 0) {
         char *argv[] = {pg_ctl, "stop", "-D", s->data, "-m", "fast", "-w", "-t", "10", NULL};
-        rc = run_tool(s, argv);
+        rc = srvproc_run_tool(WHO, &s->child, argv, s->tools_log);
     }
     if (rc == 0 && reap_within(s, STOP_TIMEOUT_MS))
         return 0;
@@ -579,7 +416,7 @@ void pgsrv_stop(pgsrv *s)
     if (!s)
         return;
     stop_server(s);
-    remove_dir(s->dir);
+    srvproc_remove_dir(WHO, s->dir);
     free(s);
 }
 
