@@ -29,6 +29,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
 gw_bin=${1:-$root/build/mudbus-gateway}
 lg_bin=${2:-$root/build/loadgen}
 nats_bin=${NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
@@ -58,18 +60,6 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/mb-loadgen.XXXXXX")
 nats_pid=
 gw_pid=
 failed=0
-
-stop_pid() { # pid: SIGTERM, wait up to 5 s, then SIGKILL
-    local pid=$1
-    [[ -n $pid ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
 # shellcheck disable=SC2317 # (called by the trap)
 cleanup() {
@@ -106,20 +96,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 export MUDBUS_AUTH_JWT_SECRET=${MUDBUS_AUTH_JWT_SECRET:-$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')}
 
 # ---- nats-server on a free port ----
-# The servers run in sessions of their own (setsid), so that a Ctrl-C at the
-# terminal reaches only this script, which stops them by pid.
-setsid "$nats_bin" -a 127.0.0.1 -p -1 --ports_file_dir "$tmp" >"$tmp/nats.log" 2>&1 &
-nats_pid=$!
-nats_port=
-for _ in $(seq 100); do
-    f="$tmp/nats-server_$nats_pid.ports"
-    if [[ -s $f ]]; then
-        nats_port=$(sed -n 's/.*"nats:\/\/127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$f")
-        [[ -n $nats_port ]] && break
-    fi
-    kill -0 "$nats_pid" 2>/dev/null || break
-    sleep 0.05
-done
+start_nats "$nats_bin" "$tmp" || true
 if [[ -z $nats_port ]]; then
     echo "run_loadgen.sh: nats-server did not start:" >&2
     tail -5 "$tmp/nats.log" >&2
@@ -134,15 +111,7 @@ start_gateway() { # name
         --port-file "$portfile" --nats "nats://127.0.0.1:$nats_port" --no-rate-limits \
         >"$tmp/gw-$1.log" 2>&1 &
     gw_pid=$!
-    gw_port=
-    for _ in $(seq 200); do
-        if [[ -s $portfile ]] && [[ $(tail -c1 "$portfile" | od -An -c) == *'\n'* ]]; then
-            gw_port=$(head -n1 "$portfile")
-            break
-        fi
-        kill -0 "$gw_pid" 2>/dev/null || break
-        sleep 0.05
-    done
+    wait_port_file "$portfile" "$gw_pid" || true
     if [[ -z $gw_port ]]; then
         echo "run_loadgen.sh: the gateway did not start:" >&2
         tail -5 "$tmp/gw-$1.log" >&2

@@ -57,6 +57,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
 gw_bin=${1:-$root/build/mudbus-gateway}
 lg_bin=${2:-$root/build/loadgen}
 nats_bin=${NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
@@ -130,18 +132,6 @@ as_pg() { # command...: as the postgres user when we are root
     fi
 }
 
-stop_pid() { # pid: SIGTERM, wait up to 5 s, then SIGKILL
-    local pid=$1
-    [[ -n $pid ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
 # shellcheck disable=SC2317 # (called by cleanup)
 stop_pg() {
     [[ -n $pgdir && -d $pgdir/data ]] || return 0
@@ -188,18 +178,7 @@ export MUDBUS_AUTH_JWT_SECRET=${MUDBUS_AUTH_JWT_SECRET:-$(od -An -tx1 -N32 /dev/
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
 # ---- nats-server on a free port ----
-setsid "$nats_bin" -a 127.0.0.1 -p -1 --ports_file_dir "$tmp" >"$tmp/nats.log" 2>&1 &
-nats_pid=$!
-nats_port=
-for _ in $(seq 100); do
-    f="$tmp/nats-server_$nats_pid.ports"
-    if [[ -s $f ]]; then
-        nats_port=$(sed -n 's/.*"nats:\/\/127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$f")
-        [[ -n $nats_port ]] && break
-    fi
-    kill -0 "$nats_pid" 2>/dev/null || break
-    sleep 0.05
-done
+start_nats "$nats_bin" "$tmp" || true
 if [[ -z $nats_port ]]; then
     echo "run_storm.sh: nats-server did not start:" >&2
     tail -5 "$tmp/nats.log" >&2
@@ -268,15 +247,7 @@ start_gateway() {
     env "${env[@]}" setsid "$gw_bin" --listen 127.0.0.1:0 --port-file "$portfile" \
         --nats "nats://127.0.0.1:$nats_port" --no-rate-limits >"$tmp/gw-$name.log" 2>&1 &
     gw_pid=$!
-    gw_port=
-    for _ in $(seq 200); do
-        if [[ -s $portfile ]] && [[ $(tail -c1 "$portfile" | od -An -c) == *'\n'* ]]; then
-            gw_port=$(head -n1 "$portfile")
-            break
-        fi
-        kill -0 "$gw_pid" 2>/dev/null || break
-        sleep 0.05
-    done
+    wait_port_file "$portfile" "$gw_pid" || true
     if [[ -z $gw_port ]]; then
         echo "run_storm.sh: the gateway did not start:" >&2
         tail -5 "$tmp/gw-$name.log" >&2
