@@ -42,7 +42,8 @@ static const char *const gateway_keys[] = {"listen",
                                            NULL};
 static const char *const auth_keys[] = {"jwt_secret", "jwt_secret_file", "dev_login",
                                         "dev_token_ttl", NULL};
-static const char *const store_keys[] = {"backend", "sqlite_path", "postgres_url", "timeout", NULL};
+static const char *const store_keys[] = {"backend", "sqlite_path",    "postgres_url",
+                                         "timeout", "purge_interval", NULL};
 
 static void usage(FILE *f)
 {
@@ -334,6 +335,12 @@ int gw_config_load(gw_config *c, int argc, char **argv, char **envp)
             return fail("store", err.msg);
         c->store.timeout_ms = (unsigned)v;
         c->store.conns = c->workers;
+        /* 0: never; else 1 s .. 1 day. */
+        if (mb_config_get_duration_ms(cfg, "store", "purge_interval", 600000, 0, 86400000,
+                                      &c->purge_interval_ms, &err) != MB_OK)
+            return fail("store", err.msg);
+        if (c->purge_interval_ms > 0 && c->purge_interval_ms < 1000)
+            return fail("store", "purge_interval: 0 (never) or at least 1s");
         if (!c->sqlite_path_buf)
             return fail("config", "out of memory");
     }

@@ -80,7 +80,8 @@ typedef struct gw_config {
     bool dev_login;
     uint64_t dev_token_ttl_s;
     /* [store] */
-    gw_store_opts store; /* backend NULL: no store (mutes off) */
+    gw_store_opts store;        /* backend NULL: no store (mutes off) */
+    uint64_t purge_interval_ms; /* expired mutes are deleted this often; 0: never */
     char *sqlite_path_buf;
     /* [limits] */
     bool rate_limits;
@@ -177,6 +178,7 @@ typedef struct gw_stats {
     mb_counter *msgs_in[GW_CH__COUNT];      /* chat commands accepted, by channel */
     mb_counter *cmd_errors[GW_ERR__COUNT];
     mb_counter *mute_loads, *mute_load_failures, *mute_filtered, *mute_store_errors;
+    mb_counter *mutes_purged; /* expired rows deleted from the store */
     mb_counter *drops, *oversize, *slow_closes, *conns_total, *auth_refused, *nats_in;
     mb_gauge *conns, *rooms, *subs, *queued_frames, *work_queue, *heap, *store_statements;
     mb_counter *accepted, *accept_deferred;
@@ -226,6 +228,8 @@ struct gw {
     size_t mute_pending_n;
     uint64_t mute_pending_since; /* when the oldest pending player arrived (loop clock) */
     bool mute_busy;              /* a batch is loading on a worker */
+    bool purge_busy;             /* a purge of expired mutes runs on a worker */
+    uint64_t purge_next_ms;      /* when the next purge is due (loop clock) */
     uv_timer_t mute_timer;       /* a batch waits up to GW_MUTES_GATHER_MS to fill */
 };
 

@@ -495,8 +495,76 @@ void gw_mutes_forget(gw *g, gw_pent *pe)
     pe->mutes.next = NULL;
 }
 
+/* ---- purging expired mutes ---- */
+
+/* Expired mutes stop applying at once (expiry is checked at delivery) but
+ * their rows stay in the store until a purge deletes them: every
+ * [store] purge_interval, on a store worker, in statements of at most
+ * PURGE_BATCH rows per table (each holds the database briefly), until a
+ * round finds nothing more or PURGE_ROUNDS rounds have run. Gateways that
+ * share a database all purge; deleting what is already gone is harmless. */
+#define PURGE_BATCH  5000
+#define PURGE_ROUNDS 200
+
+typedef struct purge_job {
+    gw_work w;
+    gw *g;
+    int64_t before_ms;
+    uint64_t removed;
+    int rc;
+    char msg[GW_STORE_MSG_MAX];
+} purge_job;
+
+static void purge_run(gw_work *w)
+{
+    purge_job *j = (purge_job *)w;
+    for (int i = 0; i < PURGE_ROUNDS; i++) {
+        uint64_t n = 0;
+        j->rc = gw_store_purge(j->g->store, j->before_ms, PURGE_BATCH, &n, j->msg);
+        j->removed += n;
+        if (j->rc != 0 || n == 0)
+            break;
+    }
+}
+
+static void purge_done(gw_work *w)
+{
+    purge_job *j = (purge_job *)w;
+    gw *g = j->g;
+    g->purge_busy = false;
+    mb_counter_add(g->st.mutes_purged, j->removed);
+    if (j->rc != 0 && !j->w.cancelled)
+        gw_log("warn", "event=mute_purge_failed removed=%llu error=\"%s\"",
+               (unsigned long long)j->removed, j->msg);
+    else if (j->removed)
+        gw_log("info", "event=mutes_purged removed=%llu", (unsigned long long)j->removed);
+    free(j);
+}
+
+static void purge_kick(gw *g)
+{
+    uint64_t now = gw_now_mono_ms(g);
+    if (!g->store || !g->cfg->purge_interval_ms || g->purge_busy || g->draining ||
+        now < g->purge_next_ms)
+        return;
+    g->purge_next_ms = now + g->cfg->purge_interval_ms;
+    purge_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return; /* tried again at the next interval */
+    j->w.run = purge_run;
+    j->w.done = purge_done;
+    j->g = g;
+    j->before_ms = gw_wall_ms();
+    if (!gw_work_submit(g->store_work, &j->w)) {
+        free(j);
+        return;
+    }
+    g->purge_busy = true;
+}
+
 void gw_mutes_tick(gw *g)
 {
+    purge_kick(g);
     uint64_t now = gw_now_mono_ms(g);
     for (gw_map_ent *e = NULL; (e = gw_map_next(&g->players, e));) {
         gw_pent *pe = e->val;

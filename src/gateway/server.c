@@ -915,6 +915,9 @@ static bool stats_create(gw *g)
            mb_metrics_counter(m, "mudbus_gateway_mute_store_errors_total",
                               "Mute commands refused because the store failed", NULL,
                               &st->mute_store_errors, &err) == MB_OK &&
+           mb_metrics_counter(m, "mudbus_gateway_mutes_purged_total",
+                              "Expired mutes deleted from the store ([store] purge_interval)", NULL,
+                              &st->mutes_purged, &err) == MB_OK &&
            mb_metrics_counter(m, "mudbus_gateway_oversize_messages_total",
                               "NATS messages too large for one frame even with the formatted "
                               "line shortened (not delivered)",

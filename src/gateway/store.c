@@ -16,7 +16,7 @@
  * refuse the same inputs the same way: ids and channel names are 1..128 bytes
  * of valid UTF-8, a reason at most 800 bytes of valid UTF-8 (PostgreSQL
  * would refuse invalid UTF-8 where SQLite would store it), times not
- * negative, at most 1000 ids per load.
+ * negative, at most 1000 ids per load, purge's max_rows 1..100000.
  *
  * Threads: every function but open and close may be called from any number
  * of threads at once (workers.c's pool); open and close from one thread with
@@ -386,6 +386,32 @@ int gw_store_del(gw_store *s, gw_mute_kind kind, const char *owner, const char *
     if (rc == -1) {
         *existed = false;
         report(msg, s->ops->name, "del", why);
+    }
+    return rc;
+}
+
+int gw_store_purge(gw_store *s, int64_t before_ms, unsigned max_rows, uint64_t *removed, char *msg)
+{
+    char why[GW_STORE_MSG_MAX];
+    uint64_t dummy;
+    if (!removed)
+        removed = &dummy;
+    *removed = 0;
+    if (max_rows == 0 || max_rows > GW__STORE_PURGE_MAX_ROWS) {
+        gw__store_why(why, "max_rows must be 1..%d", GW__STORE_PURGE_MAX_ROWS);
+        report(msg, s->ops->name, "purge", why);
+        return -1;
+    }
+    if (before_ms < 0) {
+        report(msg, s->ops->name, "purge", "before_ms must not be negative");
+        return -1;
+    }
+    unsigned slot = checkout(s);
+    int rc = s->ops->purge(s->conns[slot], before_ms, max_rows, removed, why);
+    checkin(s, slot);
+    if (rc == -1) {
+        *removed = 0;
+        report(msg, s->ops->name, "purge", why);
     }
     return rc;
 }

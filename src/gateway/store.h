@@ -17,6 +17,13 @@
  *   mutes_channel (player, channel, created_ms, expires_ms)          key (player, channel)
  *   mutes_global  (target, muted_by, created_ms, expires_ms, reason) key (target)
  *
+ * Operations: load (the mutes in force for some players), put (insert or
+ * replace one), del (delete one) and purge (delete expired ones). An expired
+ * mute is never returned by a load but stays in its table until a purge
+ * removes it; purge deletes a bounded number of rows per table per call, so
+ * a caller runs it now and then (again while calls remove something)
+ * without holding the database for long.
+ *
  * Errors: every call returns 0 on success or -1 with a one-line message in
  * msg (GW_STORE_MSG_MAX bytes; msg may be NULL) that names the backend and
  * the operation (e.g. "postgres: load: reconnect failed: connection to
@@ -108,10 +115,23 @@ int gw_store_put(gw_store *s, const gw_mute_rec *r, char *msg);
 int gw_store_del(gw_store *s, gw_mute_kind kind, const char *owner, const char *target,
                  int64_t now_ms, bool *existed, char *msg);
 
-/* Statements sent by load, put and del since open, failed ones included
- * (for the benchmarks' "queries per storm"); open's connection and schema
- * work is not counted, nor a call refused before reaching the database.
- * Any thread. */
+/* Delete mutes that expired at or before before_ms (expires_ms > 0 and
+ * <= before_ms; mutes that never expire, expires_ms NULL or 0, are never
+ * deleted), at most max_rows from each table per call (1..100000; more, 0
+ * or a negative before_ms is refused), so that no statement holds the
+ * database long; *removed (may be NULL) is how many rows went, all tables
+ * together (0 on failure). One statement per table (mutes_player, then
+ * mutes_channel, then mutes_global), each committed on its own: if one
+ * fails, the message names its table, and the tables before it may already
+ * have lost their expired rows (harmless: no load returns an expired mute,
+ * and del's existed ignores it); the next call carries on. Which expired
+ * rows of a table go first is unspecified. */
+int gw_store_purge(gw_store *s, int64_t before_ms, unsigned max_rows, uint64_t *removed, char *msg);
+
+/* Statements sent by load, put, del and purge since open, failed ones
+ * included (for the benchmarks' "queries per storm"); open's connection and
+ * schema work is not counted, nor a call refused before reaching the
+ * database. Any thread. */
 uint64_t gw_store_queries(const gw_store *s);
 
 #endif

@@ -9,8 +9,9 @@
  * pool of connection slots (a call checks one out, waiting while all are
  * busy), the message prefix "<backend>: <operation>: ", and the statement
  * counter. A backend owns one database connection per slot and turns each
- * call into exactly one statement on it. A backend connection is used by one
- * thread at a time (the pool guarantees it), so backends need no locks.
+ * call into exactly one statement on it (purge: one per table, three). A
+ * backend connection is used by one thread at a time (the pool guarantees
+ * it), so backends need no locks.
  *
  * Backend functions write a detail (no prefix, one line) into `why`
  * (GW_STORE_MSG_MAX bytes, never NULL) and return -1 on failure, 0 on
@@ -31,12 +32,13 @@
 /* The load statements ask for one row more than that, so that neither the
  * backend library nor we ever hold more (keep in step with the line above). */
 #define GW__STORE_LOAD_LIMIT_SQL     " LIMIT 100001"
+#define GW__STORE_PURGE_MAX_ROWS     100000 /* max_rows of gw_store_purge (store.h) */
 #define GW__STORE_CONNS_MAX          64
 #define GW__STORE_CONNS_DEFAULT      4
 #define GW__STORE_TIMEOUT_DEFAULT_MS 5000
 
 /* What a backend's connect gets: the options with defaults applied, and the
- * counter it bumps once per statement it sends for load, put or del. */
+ * counter it bumps once per statement it sends for load, put, del or purge. */
 typedef struct gw__store_cfg {
     const char *sqlite_path;
     const char *postgres_url;
@@ -61,6 +63,12 @@ typedef struct gw__store_ops {
     int (*put)(gw__store_conn *c, const gw_mute_rec *r, char *why);
     int (*del)(gw__store_conn *c, gw_mute_kind kind, const char *owner, const char *target,
                int64_t now_ms, bool *existed, char *why);
+    /* One bounded DELETE per table (max_rows 1..GW__STORE_PURGE_MAX_ROWS,
+     * before_ms >= 0), stopping at the first failure, whose why names the
+     * table; *removed (never NULL) is set to the total on success (store.c
+     * zeroes it on failure). */
+    int (*purge)(gw__store_conn *c, int64_t before_ms, unsigned max_rows, uint64_t *removed,
+                 char *why);
 } gw__store_ops;
 
 extern const gw__store_ops gw__store_sqlite_ops;

@@ -13,13 +13,24 @@
  * already exists, skipping") are dropped, not printed.
  *
  * Every call is one parameterised statement (PQsendQueryParams, the
- * asynchronous PQexecParams): values only ever travel as parameters, never
- * in SQL text. A load passes all its ids as ONE parameter, a text[] in
- * PostgreSQL's binary array format (so no quoting or escaping exists that
- * could go wrong), matched with `= ANY($1)`. The primary keys lead with the
- * columns a load looks up (muter, player, target); the planner uses them or,
- * when a large share of a small table matches, a sequential scan with a
- * hashed ANY (at 500 ids out of 10,000 players it scans, in about 7 ms).
+ * asynchronous PQexecParams; purge: one per table, see below): values only
+ * ever travel as parameters, never in SQL text. A load passes all its ids as
+ * ONE parameter, a text[] in PostgreSQL's binary array format (so no quoting
+ * or escaping exists that could go wrong), matched with `= ANY($1)`. The
+ * primary keys lead with the columns a load looks up (muter, player,
+ * target); the planner uses them or, when a large share of a small table
+ * matches, a sequential scan with a hashed ANY (at 500 ids out of 10,000
+ * players it scans, in about 7 ms).
+ *
+ * A purge runs three DELETEs, one per table, each in its own (autocommit)
+ * transaction, stopping at the first failure; each deletes by primary key
+ * the rows a bounded subquery picks (`(key) IN (SELECT key ... LIMIT $2 FOR
+ * UPDATE SKIP LOCKED)`) and PQcmdTuples gives the count. The row locks make
+ * the subquery re-check a row that a concurrent put renewed (it then no
+ * longer counts as expired and is kept), and SKIP LOCKED lets gateways that
+ * purge at once take different rows instead of waiting for each other.
+ * There is no index on expires_ms (the schema stays at version 1), so the
+ * subquery scans the table until it has found max_rows expired rows.
  *
  * Broken connections: a call that finds its connection broken (the server
  * closed it, e.g. on restart, as seen by a non-blocking look at the socket, or
@@ -61,6 +72,8 @@
 
 /* In force at p: never expires (NULL or 0) or expires after p. */
 #define IN_FORCE(p) "(expires_ms IS NULL OR expires_ms = 0 OR expires_ms > " p ")"
+/* Expired at or before p (NULL and 0, "never", are neither). */
+#define EXPIRED(p) "expires_ms > 0 AND expires_ms <= " p
 
 /* clang-format off */
 static const char sql_load[] =
@@ -94,6 +107,19 @@ static const char *const sql_del[] = {
     [GW_MUTE_CHANNEL] = "DELETE FROM mutes_channel WHERE player = $1 AND channel = $2"
                         " RETURNING " IN_FORCE("$3"),
     [GW_MUTE_GLOBAL] = "DELETE FROM mutes_global WHERE target = $1 RETURNING " IN_FORCE("$2"),
+};
+
+/* Parameters: before_ms, max_rows. In the order purge runs them. */
+static const struct {
+    const char *table, *sql;
+} sql_purge[3] = {
+    {"mutes_player", "DELETE FROM mutes_player WHERE (muter, target) IN (SELECT muter, target"
+                     " FROM mutes_player WHERE " EXPIRED("$1") " LIMIT $2 FOR UPDATE SKIP LOCKED)"},
+    {"mutes_channel",
+     "DELETE FROM mutes_channel WHERE (player, channel) IN (SELECT player, channel"
+     " FROM mutes_channel WHERE " EXPIRED("$1") " LIMIT $2 FOR UPDATE SKIP LOCKED)"},
+    {"mutes_global", "DELETE FROM mutes_global WHERE target IN (SELECT target"
+                     " FROM mutes_global WHERE " EXPIRED("$1") " LIMIT $2 FOR UPDATE SKIP LOCKED)"},
 };
 
 static const char schema_v1[] =
@@ -507,6 +533,38 @@ static int pg_del(gw__store_conn *c, gw_mute_kind kind, const char *owner, const
     return 0;
 }
 
+static int pg_purge(gw__store_conn *c, int64_t before_ms, unsigned max_rows, uint64_t *removed,
+                    char *why)
+{
+    char before[32], limit[32];
+    snprintf(before, sizeof before, "%" PRId64, before_ms);
+    snprintf(limit, sizeof limit, "%u", max_rows);
+    const Oid types[2] = {OID_INT8, OID_INT8};
+    const char *values[2] = {before, limit};
+    uint64_t total = 0;
+    for (int k = 0; k < 3; k++) {
+        PGresult *res =
+            run(c, sql_purge[k].sql, 2, types, values, NULL, NULL, PGRES_COMMAND_OK, why);
+        if (!res) {
+            char tmp[GW_STORE_MSG_MAX];
+            snprintf(tmp, sizeof tmp, "%s", why);
+            gw__store_why(why, "%s: %s", sql_purge[k].table, tmp);
+            return -1;
+        }
+        int64_t n;
+        if (parse_i64(PQcmdTuples(res), &n) == -1 || n < 0) {
+            gw__store_why(why, "%s: unexpected row count \"%s\"", sql_purge[k].table,
+                          PQcmdTuples(res));
+            PQclear(res);
+            return -1;
+        }
+        PQclear(res);
+        total += (uint64_t)n;
+    }
+    *removed = total;
+    return 0;
+}
+
 const gw__store_ops gw__store_pg_ops = {
     .name = "postgres",
     .connect = pg_connect,
@@ -515,4 +573,5 @@ const gw__store_ops gw__store_pg_ops = {
     .load = pg_load,
     .put = pg_put,
     .del = pg_del,
+    .purge = pg_purge,
 };

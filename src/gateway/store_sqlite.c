@@ -13,13 +13,24 @@
  * one statement, enforced by a progress handler.
  *
  * Statements are prepared once per connection (on first use) and reused. Each
- * call is one statement, in autocommit mode: a put is an upsert, a delete
- * reports what it removed with RETURNING, and a load finds the records of any
+ * call is one statement, in autocommit mode (purge: one per table, each
+ * committed on its own, see below): a put is an upsert, a delete reports
+ * what it removed with RETURNING, and a load finds the records of any
  * number of ids in one statement by passing them as one JSON array bound to
  * ?1 and reading it with json_each (built into SQLite 3.38+; Debian 12 has
  * 3.40). The tables are WITHOUT ROWID with their key as primary key, so every
  * lookup of the load (mutes_player by muter, mutes_channel by player,
  * mutes_global by target) is a search of that index, never a scan.
+ *
+ * A purge runs three DELETEs, one per table, each in its own autocommit
+ * transaction rather than one transaction around all three: the write lock
+ * is then held for one bounded statement at a time, and a failure part way
+ * loses nothing that matters (the rows already gone had expired). As the
+ * tables are WITHOUT ROWID, each deletes by primary key the rows a bounded
+ * subquery picks (`(key) IN (SELECT key ... LIMIT ?2)`); sqlite3_changes()
+ * gives the count. There is no index on expires_ms (the schema stays at
+ * version 1), so the subquery scans the table until it has found max_rows
+ * expired rows, or to the end.
  *
  * Threads: see store.c; nothing here is shared between connections.
  */
@@ -39,11 +50,16 @@ enum {
     ST_DEL_PLAYER,
     ST_DEL_CHANNEL,
     ST_DEL_GLOBAL,
+    ST_PURGE_PLAYER,
+    ST_PURGE_CHANNEL,
+    ST_PURGE_GLOBAL,
     ST_COUNT
 };
 
 /* In force at p: never expires (NULL or 0) or expires after p. */
 #define IN_FORCE(p) "(expires_ms IS NULL OR expires_ms = 0 OR expires_ms > " p ")"
+/* Expired at or before p (NULL and 0, "never", are neither). */
+#define EXPIRED(p) "expires_ms > 0 AND expires_ms <= " p
 
 static const char *const sql[ST_COUNT] = {
     /* clang-format off */
@@ -72,6 +88,13 @@ static const char *const sql[ST_COUNT] = {
     [ST_DEL_CHANNEL] = "DELETE FROM mutes_channel WHERE player = ?1 AND channel = ?2"
                        " RETURNING " IN_FORCE("?3"),
     [ST_DEL_GLOBAL] = "DELETE FROM mutes_global WHERE target = ?2 RETURNING " IN_FORCE("?3"),
+    /* Parameters: before_ms, max_rows. */
+    [ST_PURGE_PLAYER] = "DELETE FROM mutes_player WHERE (muter, target) IN (SELECT muter, target"
+                        " FROM mutes_player WHERE " EXPIRED("?1") " LIMIT ?2)",
+    [ST_PURGE_CHANNEL] = "DELETE FROM mutes_channel WHERE (player, channel) IN (SELECT player,"
+                         " channel FROM mutes_channel WHERE " EXPIRED("?1") " LIMIT ?2)",
+    [ST_PURGE_GLOBAL] = "DELETE FROM mutes_global WHERE target IN (SELECT target"
+                        " FROM mutes_global WHERE " EXPIRED("?1") " LIMIT ?2)",
 };
 
 /* Version 1. Every statement is idempotent (IF NOT EXISTS). */
@@ -407,6 +430,46 @@ static int sq_del(gw__store_conn *c, gw_mute_kind kind, const char *owner, const
     return rc;
 }
 
+/* Prefix why with the table a purge statement failed on. */
+static void table_why(const char *table, char *why)
+{
+    char tmp[GW_STORE_MSG_MAX];
+    snprintf(tmp, sizeof tmp, "%s", why);
+    gw__store_why(why, "%s: %s", table, tmp);
+}
+
+static int sq_purge(gw__store_conn *c, int64_t before_ms, unsigned max_rows, uint64_t *removed,
+                    char *why)
+{
+    static const int sts[3] = {ST_PURGE_PLAYER, ST_PURGE_CHANNEL, ST_PURGE_GLOBAL};
+    static const char *const tables[3] = {"mutes_player", "mutes_channel", "mutes_global"};
+    uint64_t total = 0;
+    for (int k = 0; k < 3; k++) {
+        sqlite3_stmt *st = stmt(c, sts[k], why);
+        if (!st) {
+            table_why(tables[k], why);
+            return -1;
+        }
+        int rc = sqlite3_bind_int64(st, 1, before_ms);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(st, 2, max_rows);
+        if (rc != SQLITE_OK) {
+            db_why(c, rc, why);
+            table_why(tables[k], why);
+            return -1;
+        }
+        rc = step_write(c, st, NULL, why);
+        sqlite3_clear_bindings(st);
+        if (rc == -1) {
+            table_why(tables[k], why);
+            return -1;
+        }
+        total += (uint64_t)sqlite3_changes(c->db);
+    }
+    *removed = total;
+    return 0;
+}
+
 const gw__store_ops gw__store_sqlite_ops = {
     .name = "sqlite",
     .connect = sq_connect,
@@ -415,4 +478,5 @@ const gw__store_ops gw__store_sqlite_ops = {
     .load = sq_load,
     .put = sq_put,
     .del = sq_del,
+    .purge = sq_purge,
 };

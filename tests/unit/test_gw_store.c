@@ -17,7 +17,10 @@
  * results, no more connections than configured), the statement counter, a
  * load of 500 ids from 50,000 mutes being one statement and fast, PostgreSQL
  * stopped during use (calls fail naming the backend, then work again after a
- * restart), and bad paths, URLs and options.
+ * restart), bad paths, URLs and options, and purge: exactly the expired
+ * mutes of each table go (expiry at or before the given time; 0 and NULL
+ * never), at most max_rows per table per call, three statements a call,
+ * arguments refused before the database, a failing table named.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -885,6 +888,233 @@ static void test_load_record_limit(void **state)
     free(v);
 }
 
+/* ---- purge ---- */
+
+/* Purge; fails the test on error. Returns *removed. */
+static uint64_t purge_ok(T *t, int64_t before, unsigned max_rows)
+{
+    char msg[GW_STORE_MSG_MAX] = "";
+    uint64_t removed = 12345;
+    if (gw_store_purge(t->s, before, max_rows, &removed, msg) != 0)
+        fail_msg("purge before %" PRId64 " max %u: %s", before, max_rows, msg);
+    return removed;
+}
+
+static void assert_counts(T *t, int64_t player, int64_t channel, int64_t global)
+{
+    assert_int_equal(raw_int(t, "SELECT count(*) FROM mutes_player"), player);
+    assert_int_equal(raw_int(t, "SELECT count(*) FROM mutes_channel"), channel);
+    assert_int_equal(raw_int(t, "SELECT count(*) FROM mutes_global"), global);
+}
+
+static void test_purge_expired(void **state)
+{
+    T *t = *state;
+    /* per table: two expired long ago, one expired at exactly NOW (at or
+     * before: goes), one a millisecond later (stays), one in an hour, one
+     * never (0) */
+    gw_mute_rec live[] = {
+        mk(GW_MUTE_PLAYER, "p1", "t-soon", NOW - MINUTE, NOW + 1, "soon"),
+        mk(GW_MUTE_PLAYER, "p1", "t-later", NOW - MINUTE, NOW + 60 * MINUTE, "later"),
+        mk(GW_MUTE_PLAYER, "p2", "t-never", NOW - MINUTE, 0, "never"),
+        mk(GW_MUTE_CHANNEL, "p1", "c-soon", NOW - MINUTE, NOW + 1, ""),
+        mk(GW_MUTE_CHANNEL, "p1", "c-later", NOW - MINUTE, NOW + 60 * MINUTE, ""),
+        mk(GW_MUTE_CHANNEL, "p2", "c-never", NOW - MINUTE, 0, ""),
+        mk(GW_MUTE_GLOBAL, "adm", "p1", NOW - MINUTE, NOW + 1, "g-soon"),
+        mk(GW_MUTE_GLOBAL, "adm", "p2", NOW - MINUTE, 0, "g-never"),
+        mk(GW_MUTE_GLOBAL, "adm", "p3", NOW - MINUTE, NOW + 60 * MINUTE, "g-later"),
+    };
+    gw_mute_rec dead[] = {
+        mk(GW_MUTE_PLAYER, "p1", "t-old", NOW - 3 * MINUTE, NOW - 2 * MINUTE, "old"),
+        mk(GW_MUTE_PLAYER, "p3", "t-old", NOW - 3 * MINUTE, 1, "very old"),
+        mk(GW_MUTE_PLAYER, "p1", "t-now", NOW - MINUTE, NOW, "at now"),
+        mk(GW_MUTE_CHANNEL, "p1", "c-old", NOW - 3 * MINUTE, NOW - 2 * MINUTE, ""),
+        mk(GW_MUTE_CHANNEL, "p2", "c-old", NOW - 3 * MINUTE, NOW - 1, ""),
+        mk(GW_MUTE_CHANNEL, "p1", "c-now", NOW - MINUTE, NOW, ""),
+        mk(GW_MUTE_GLOBAL, "adm", "p4", NOW - 3 * MINUTE, NOW - 2 * MINUTE, "g-old"),
+        mk(GW_MUTE_GLOBAL, "adm", "p5", NOW - MINUTE, NOW, "g-now"),
+    };
+    enum { NL = sizeof live / sizeof live[0], ND = sizeof dead / sizeof dead[0] };
+    for (size_t i = 0; i < NL; i++)
+        put_ok(t, &live[i]);
+    for (size_t i = 0; i < ND; i++)
+        put_ok(t, &dead[i]);
+    /* rows written by someone else with expires NULL: never expire */
+    assert_int_equal(raw_exec(t, "INSERT INTO mutes_player (muter, target, created_ms, expires_ms,"
+                                 " reason) VALUES ('p2', 't-null', 5, NULL, 'null');"
+                                 "INSERT INTO mutes_channel (player, channel, created_ms,"
+                                 " expires_ms) VALUES ('p2', 'c-null', 5, NULL);"
+                                 "INSERT INTO mutes_global (target, muted_by, created_ms,"
+                                 " expires_ms, reason) VALUES ('p6', 'adm', 5, NULL, 'null')"),
+                     0);
+    assert_counts(t, 7, 7, 6);
+    /* before 0 and before the oldest expiry: nothing has expired yet */
+    assert_int_equal(purge_ok(t, 0, 1000), 0);
+    assert_int_equal(purge_ok(t, NOW - 2 * MINUTE - 1, 1000), 1); /* only expires_ms 1 */
+    assert_counts(t, 6, 7, 6);
+
+    uint64_t q = gw_store_queries(t->s);
+    assert_int_equal(purge_ok(t, NOW, 1000), ND - 1);
+    assert_int_equal(gw_store_queries(t->s) - q, 3); /* one statement per table */
+    assert_counts(t, 4, 4, 4);
+    /* nothing left to purge; removed and msg may be NULL */
+    assert_int_equal(purge_ok(t, NOW, 100000), 0);
+    assert_int_equal(gw_store_purge(t->s, NOW, 1, NULL, NULL), 0);
+    assert_counts(t, 4, 4, 4);
+
+    /* a load still returns every live mute, and finds no dead one even at a
+     * time when it would have been in force */
+    const char *ids[] = {"p1", "p2", "p3", "p4", "p5", "p6"};
+    gw_mute_rec *v;
+    size_t n = load_ok(t, ids, 6, NOW, &v);
+    assert_int_equal(n, NL + 3);
+    for (size_t i = 0; i < NL; i++)
+        assert_rec_equal(find(v, n, live[i].kind, live[i].owner, live[i].target), &live[i]);
+    assert_non_null(find(v, n, GW_MUTE_PLAYER, "p2", "t-null"));
+    assert_non_null(find(v, n, GW_MUTE_CHANNEL, "p2", "c-null"));
+    assert_non_null(find(v, n, GW_MUTE_GLOBAL, "adm", "p6"));
+    free(v);
+    n = load_ok(t, ids, 6, 0, &v);
+    assert_int_equal(n, NL + 3);
+    for (size_t i = 0; i < ND; i++)
+        assert_null(find(v, n, dead[i].kind, dead[i].owner, dead[i].target));
+    free(v);
+
+    /* later, the live ones expire in turn; never-expiring ones stay */
+    assert_int_equal(purge_ok(t, NOW + 1, 1000), 3);
+    assert_int_equal(purge_ok(t, NOW + 60 * MINUTE, 1000), 3);
+    assert_int_equal(purge_ok(t, INT64_MAX, 1000), 0);
+    assert_counts(t, 2, 2, 2);
+}
+
+static void test_purge_max_rows(void **state)
+{
+    T *t = *state;
+    /* 5 expired personal mutes, 3 expired channel mutes, 1 expired global
+     * mute, and one of each in force */
+    char name[16];
+    for (int i = 0; i < 5; i++) {
+        snprintf(name, sizeof name, "t%d", i);
+        gw_mute_rec r = mk(GW_MUTE_PLAYER, "p", name, NOW - 9, NOW - i, "e");
+        put_ok(t, &r);
+    }
+    for (int i = 0; i < 3; i++) {
+        snprintf(name, sizeof name, "c%d", i);
+        gw_mute_rec r = mk(GW_MUTE_CHANNEL, "p", name, NOW - 9, NOW - 1 - i, "");
+        put_ok(t, &r);
+    }
+    gw_mute_rec g = mk(GW_MUTE_GLOBAL, "adm", "x", NOW - 9, NOW - 5, "e");
+    put_ok(t, &g);
+    gw_mute_rec keep[] = {
+        mk(GW_MUTE_PLAYER, "p", "keep", NOW, NOW + MINUTE, "k"),
+        mk(GW_MUTE_CHANNEL, "p", "keep", NOW, 0, ""),
+        mk(GW_MUTE_GLOBAL, "adm", "p", NOW, NOW + MINUTE, "k"),
+    };
+    for (size_t i = 0; i < 3; i++)
+        put_ok(t, &keep[i]);
+    assert_counts(t, 6, 4, 2);
+
+    /* max_rows 2: at most 2 from each table per call */
+    uint64_t q = gw_store_queries(t->s);
+    assert_int_equal(purge_ok(t, NOW, 2), 2 + 2 + 1);
+    assert_counts(t, 4, 2, 1);
+    assert_int_equal(purge_ok(t, NOW, 2), 2 + 1 + 0);
+    assert_counts(t, 2, 1, 1);
+    assert_int_equal(purge_ok(t, NOW, 2), 1);
+    assert_counts(t, 1, 1, 1);
+    assert_int_equal(purge_ok(t, NOW, 2), 0);
+    assert_counts(t, 1, 1, 1);
+    assert_int_equal(gw_store_queries(t->s) - q, 4 * 3);
+
+    /* max_rows 1 takes one per table */
+    for (int i = 0; i < 3; i++) {
+        snprintf(name, sizeof name, "again%d", i);
+        gw_mute_rec r = mk(GW_MUTE_PLAYER, "p", name, NOW - 9, NOW - 1, "e");
+        put_ok(t, &r);
+        gw_mute_rec c = mk(GW_MUTE_CHANNEL, "p", name, NOW - 9, NOW - 1, "");
+        put_ok(t, &c);
+    }
+    assert_int_equal(purge_ok(t, NOW, 1), 2);
+    assert_int_equal(purge_ok(t, NOW, 1), 2);
+    assert_int_equal(purge_ok(t, NOW, 1), 2);
+    assert_int_equal(purge_ok(t, NOW, 1), 0);
+
+    const char *ids[] = {"p"};
+    gw_mute_rec *v;
+    size_t n = load_ok(t, ids, 1, NOW, &v);
+    assert_int_equal(n, 3);
+    for (size_t i = 0; i < 3; i++)
+        assert_rec_equal(find(v, n, keep[i].kind, keep[i].owner, keep[i].target), &keep[i]);
+    free(v);
+}
+
+static void test_purge_argument_checks(void **state)
+{
+    T *t = *state;
+    gw_mute_rec r = mk(GW_MUTE_PLAYER, "a", "b", NOW - 9, NOW - 1, "expired");
+    put_ok(t, &r);
+    char msg[GW_STORE_MSG_MAX];
+    uint64_t q = gw_store_queries(t->s);
+    uint64_t removed = 99;
+    assert_int_equal(gw_store_purge(t->s, NOW, 0, &removed, msg), -1);
+    assert_msg(t, msg, "purge", "max_rows must be 1..100000");
+    assert_int_equal(removed, 0);
+    removed = 99;
+    assert_int_equal(gw_store_purge(t->s, NOW, 100001, &removed, msg), -1);
+    assert_msg(t, msg, "purge", "max_rows");
+    assert_int_equal(removed, 0);
+    assert_int_equal(gw_store_purge(t->s, NOW, UINT_MAX, &removed, msg), -1);
+    assert_msg(t, msg, "purge", "max_rows");
+    removed = 99;
+    assert_int_equal(gw_store_purge(t->s, -1, 10, &removed, msg), -1);
+    assert_msg(t, msg, "purge", "before_ms must not be negative");
+    assert_int_equal(removed, 0);
+    assert_int_equal(gw_store_purge(t->s, INT64_MIN, 10, NULL, NULL), -1);
+    /* nothing was asked, nothing went */
+    assert_int_equal(gw_store_queries(t->s), q);
+    assert_int_equal(raw_int(t, "SELECT count(*) FROM mutes_player"), 1);
+    /* the limits themselves are fine */
+    assert_int_equal(purge_ok(t, NOW, 100000), 1);
+    assert_int_equal(purge_ok(t, NOW, 1), 0);
+    assert_int_equal(gw_store_queries(t->s), q + 6);
+}
+
+/* A table that cannot be purged (here: dropped behind the store's back)
+ * fails the call with a message naming it; the table before it was purged
+ * (each statement commits on its own) and the next call carries on. */
+static void test_purge_failure(void **state)
+{
+    T *t = *state;
+    gw_mute_rec rs[] = {
+        mk(GW_MUTE_PLAYER, "a", "b", NOW - 9, NOW - 1, "expired"),
+        mk(GW_MUTE_CHANNEL, "a", "say", NOW - 9, NOW - 1, ""),
+        mk(GW_MUTE_GLOBAL, "adm", "a", NOW - 9, NOW - 1, "expired"),
+    };
+    for (size_t i = 0; i < 3; i++)
+        put_ok(t, &rs[i]);
+    assert_int_equal(raw_exec(t, "DROP TABLE mutes_channel"), 0);
+    char msg[GW_STORE_MSG_MAX] = "";
+    uint64_t removed = 99;
+    assert_int_equal(gw_store_purge(t->s, NOW, 100, &removed, msg), -1);
+    assert_int_equal(removed, 0);
+    assert_msg(t, msg, "purge", "mutes_channel: ");
+    print_message("[   INFO   ] purge failure: %s\n", msg);
+    assert_int_equal(raw_int(t, "SELECT count(*) FROM mutes_player"), 0);
+    assert_int_equal(raw_int(t, "SELECT count(*) FROM mutes_global"), 1);
+    assert_int_equal(raw_exec(t, is_pg(t) ? "CREATE TABLE mutes_channel (player TEXT NOT NULL,"
+                                            " channel TEXT NOT NULL, created_ms BIGINT NOT NULL,"
+                                            " expires_ms BIGINT, PRIMARY KEY (player, channel))"
+                                          : "CREATE TABLE mutes_channel (player TEXT NOT NULL,"
+                                            " channel TEXT NOT NULL, created_ms INTEGER NOT NULL,"
+                                            " expires_ms INTEGER, PRIMARY KEY (player, channel))"
+                                            " WITHOUT ROWID"),
+                     0);
+    /* every connection of the pool works again */
+    for (unsigned i = 0; i < t->o.conns; i++)
+        assert_int_equal(purge_ok(t, NOW, 100), i == 0 ? 1 : 0);
+    assert_counts(t, 0, 0, 0);
+}
+
 /* ---- speed: 500 of 50,000 ---- */
 
 static void test_load_500_of_50000(void **state)
@@ -976,6 +1206,10 @@ static void test_pg_down_and_back(void **state)
     assert_int_equal(gw_store_del(t->s, GW_MUTE_PLAYER, "a", "b", NOW, &existed, msg), -1);
     assert_false(existed);
     assert_msg(t, msg, "del", NULL);
+    uint64_t removed = 99;
+    assert_int_equal(gw_store_purge(t->s, NOW, 100, &removed, msg), -1);
+    assert_int_equal(removed, 0);
+    assert_msg(t, msg, "purge", "mutes_player: ");
     /* a store cannot be opened while the server is down */
     assert_null(gw_store_open(&t->o, msg));
     assert_msg(t, msg, "open", NULL);
@@ -993,6 +1227,9 @@ static void test_pg_down_and_back(void **state)
     assert_int_equal(load_ok(t, ids, 1, NOW, &v), 1);
     assert_string_equal(v[0].target, "c");
     free(v);
+    gw_mute_rec old = mk(GW_MUTE_PLAYER, "a", "old", NOW - 9, NOW - 1, "expired");
+    put_ok(t, &old);
+    assert_int_equal(purge_ok(t, NOW, 100), 1);
 }
 
 /* The server restarts while connections sit idle, and the first call on each
@@ -1133,6 +1370,10 @@ static void test_bad_open(void **state)
         cmocka_unit_test_setup_teardown(test_query_counter, setup, teardown),                      \
         cmocka_unit_test_setup_teardown(test_load_500_of_50000, setup, teardown),                  \
         cmocka_unit_test_setup_teardown(test_load_record_limit, setup, teardown),                  \
+        cmocka_unit_test_setup_teardown(test_purge_expired, setup, teardown),                      \
+        cmocka_unit_test_setup_teardown(test_purge_max_rows, setup, teardown),                     \
+        cmocka_unit_test_setup_teardown(test_purge_argument_checks, setup, teardown),              \
+        cmocka_unit_test_setup_teardown(test_purge_failure, setup, teardown),                      \
         cmocka_unit_test_setup_teardown(test_bad_open, setup, teardown)
 
 int main(void)

@@ -16,7 +16,7 @@ import sys
 import time
 import unittest
 
-from harness import (QUIET, RACE_ENV, SETTLE, SUBPROTOCOL, TMP, TS_RE, Gateway, GatewayTestCase, NatsPub, RawWS,
+from harness import (QUIET, RACE_ENV, SCALE, SETTLE, SUBPROTOCOL, TMP, TS_RE, Gateway, GatewayTestCase, NatsPub, RawWS,
                      ahttp, brief, chat_payload, free_port, gw_b, gw_main, shared_nats, uid, uniq_room)
 
 # The PostgreSQL cases live in test_mutes_pg.py. Until run.sh lists that module (best in
@@ -656,6 +656,42 @@ class MuteGatewayTests(GatewayTestCase):
         m = "no store, chat works %s" % uid()
         await b.ok("say", content=m)
         await a.chat(m)
+
+    async def test_expired_mutes_are_purged_from_the_store(self):
+        """[store] purge_interval: rows of expired mutes are deleted from the store (all three
+        tables), mutes in force stay, and mudbus_gateway_mutes_purged_total counts them."""
+        db = os.path.join(TMP, "purge-%s.db" % uid())
+        gw = Gateway("mpurge", [shared_nats().url], instance_id="gw-mpurge",
+                     env=dict(RACE_ENV, MUDBUS_STORE_SQLITE_PATH=db,
+                              MUDBUS_STORE_PURGE_INTERVAL="1s")).start()
+        self.addCleanup(gw.stop)
+        t = uid("pg")
+        past, future = now_ms() - 60000, now_ms() + 3600000
+        await asyncio.to_thread(store_exec, db, [
+            put_player_mute(t + "_a", t + "_x", past), put_player_mute(t + "_a", t + "_y", future),
+            put_player_mute(t + "_a", t + "_z", 0),
+            put_channel_mute(t + "_a", "global", past), put_channel_mute(t + "_a", "say", 0),
+            put_global_mute(t + "_g", "admin", past), put_global_mute(t + "_h", "admin", future)])
+
+        def rows():
+            con = sqlite3.connect(db, timeout=10)
+            try:
+                return sorted(con.execute(
+                    "SELECT 'p', target FROM mutes_player WHERE muter LIKE ? UNION ALL "
+                    "SELECT 'c', channel FROM mutes_channel WHERE player LIKE ? UNION ALL "
+                    "SELECT 'g', target FROM mutes_global WHERE target LIKE ?",
+                    (t + "%", t + "%", t + "%")).fetchall())
+            finally:
+                con.close()
+        want = sorted([("p", t + "_y"), ("p", t + "_z"), ("c", "say"), ("g", t + "_h")])
+        deadline = time.monotonic() + 10 * SCALE
+        got = await asyncio.to_thread(rows)
+        while got != want and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            got = await asyncio.to_thread(rows)
+        self.assertEqual(got, want, "rows left after purging")
+        m = await metrics(gw)
+        self.assertGreaterEqual(m["mudbus_gateway_mutes_purged_total"], 3)
 
     async def test_reconnect_burst_is_loaded_in_batches(self):
         """300 players connect at once (raw WebSocket handshakes, all sent within milliseconds) to a
