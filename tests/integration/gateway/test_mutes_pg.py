@@ -4,7 +4,8 @@ initdb and pg_ctl as the postgres user, harness.PostgresServer) and their own na
 personal mute made through gateway A applies to deliveries on gateway B within 100 ms, and so
 does a global mute to a sender on B (and the unmutes, back); a store that is down when a player
 connects: `welcome`, then `error` `unavailable`, deliveries held (not lost, not unfiltered) until
-the store is back, the player's own chat refused meanwhile. PostgreSQL that cannot start fails
+the store is back, the player's own chat refused meanwhile; a store that stays down: the player
+is closed with 1011 after 6 failed loads. PostgreSQL that cannot start fails
 these tests; they are never skipped."""
 
 import asyncio
@@ -284,6 +285,37 @@ class MutesPgTests(GatewayTestCase):
         self.assertEqual(dc["data"].get("players"), [], brief(dc))
         self.assertEqual(pg.psql("SELECT count(*) FROM mutes_player WHERE target = '%s'" % lost), "0")
 
+
+    async def test_store_down_too_long_closes_1011(self):
+        """PostgreSQL stays down while V's mutes are to be loaded: the gateway retries (0.5 s to
+        8 s apart) and after 6 failed loads closes V with 1011 "mute store unavailable"; V got
+        nothing unfiltered meanwhile, and players loaded before the outage chat on."""
+        pg = self.pg
+        room = uniq_room()
+        d = Gateway("pg-gone", [pg_nats().url], instance_id="gw-pg-gone",
+                    env=dict(RACE_ENV, MUDBUS_GATEWAY_START_ROOM=room, **pg_env(pg))).start()
+        self.addCleanup(d.stop)
+        s = await self.connect(d, "Sam")
+        c = await self.connect(d, "Cleo")
+        self.addCleanup(lambda: pg.running or pg.start())  # never leave it down for later tests
+        await asyncio.to_thread(pg.stop)
+        t0 = time.monotonic()
+        v = await self.connect(d, "Vic")
+        await v.expect("error", code="unavailable", timeout=5)
+        line = "while V waits %s" % uid()
+        await s.ok("say", content=line)
+        await c.chat(line)
+        code = await v.wait_closed(timeout=60)
+        took = time.monotonic() - t0
+        print("\n  store down: closed with %s after %.1fs" % (code, took), file=sys.stderr)
+        self.assertEqual(code, 1011, "close code after the mute store stayed down")
+        self.assertIn("mute store", v.close_reason or "")
+        self.assertEqual(v.matching("chat_message"), [], "V got chat before its mutes were loaded")
+        self.assertGreater(took, 10, "closed after %.1fs: before the retries could run" % took)
+        line2 = "after V left %s" % uid()
+        await c.ok("say", content=line2)
+        await s.chat(line2)
+        await asyncio.to_thread(pg.start)
 
     async def test_store_down_at_a_quick_reconnect(self):
         """R leaves gateway D and comes back at once (D still has R's entry), while R's mutes
