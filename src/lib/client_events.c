@@ -104,6 +104,7 @@ static void on_disconnected(natsConnection *nc, void *closure)
 {
     mb__conn *k = closure;
     (void)nc;
+    atomic_store(&k->connected, false);
     mb__event_push(k->c, MB_CLIENT_EV_DISCONNECTED, k->index, MB_ENOCONN,
                    "connection %d disconnected", k->index);
 }
@@ -112,6 +113,7 @@ static void on_reconnected(natsConnection *nc, void *closure)
 {
     mb__conn *k = closure;
     char url[128];
+    atomic_store(&k->connected, true);
     mb__event_push(k->c, MB_CLIENT_EV_RECONNECTED, k->index, MB_OK,
                    "connection %d reconnected to %s", k->index, conn_url(nc, url, sizeof url));
 }
@@ -121,6 +123,7 @@ static void on_closed(natsConnection *nc, void *closure)
     mb__conn *k = closure;
     mb_client *c = k->c;
     (void)nc;
+    atomic_store(&k->connected, false);
     mb__event_push(c, MB_CLIENT_EV_CLOSED, k->index, MB_ECLOSED, "connection %d closed", k->index);
     /* The last thing nats.c does with this connection's callbacks: destroy
      * waits for it before freeing the client. */

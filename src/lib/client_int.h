@@ -39,6 +39,9 @@ typedef struct mb__conn {
     int index;
     pthread_rwlock_t lock;
     natsConnection *nc;    /* NULL while missing (repair pending) */
+    atomic_bool connected; /* nc is connected: set by the connect and nats.c's
+                            * connection callbacks, read by every publish (a
+                            * lock-free mb__pool_get) */
     natsOptions *opts;     /* kept for repairs */
     mb_counter *published; /* mudbus_client_published_total{conn} */
     mb_gauge *up;          /* mudbus_client_conn_up{conn} */

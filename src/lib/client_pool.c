@@ -48,7 +48,11 @@ mb__conn *mb__pool_get(mb_client *c, uint32_t hash, natsConnection **nc)
     for (size_t i = 0; i < n; i++) {
         mb__conn *k = &c->conns[(hash + i) % n];
         pthread_rwlock_rdlock(&k->lock);
-        if (nc_live(k->nc)) {
+        /* The flag, not natsConnection_Status (a mutex on every publish): it
+         * follows the status through nats.c's callbacks, a moment later. A
+         * publish in that moment goes to nats.c's reconnect buffer, as one
+         * made just before the disconnect would. */
+        if (k->nc && atomic_load_explicit(&k->connected, memory_order_acquire)) {
             *nc = k->nc;
             return k;
         }
@@ -216,6 +220,7 @@ static mb_status connect_slot(mb_client *c, mb__conn *k, mb_err *err)
     atomic_fetch_add(&c->conns_open, 1);
     pthread_rwlock_wrlock(&k->lock);
     k->nc = nc;
+    atomic_store(&k->connected, true); /* the callbacks keep it true from here */
     k->health_failures = 0;
     pthread_rwlock_unlock(&k->lock);
     size_t maxp = (size_t)natsConnection_GetMaxPayload(nc);
@@ -313,6 +318,7 @@ void mb__pool_repair(mb_client *c)
         if (k->nc && natsConnection_IsClosed(k->nc)) {
             old = k->nc;
             k->nc = NULL;
+            atomic_store(&k->connected, false);
         }
         bool need = k->nc == NULL;
         pthread_rwlock_unlock(&k->lock);
