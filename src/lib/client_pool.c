@@ -220,7 +220,7 @@ static mb_status connect_slot(mb_client *c, mb__conn *k, mb_err *err)
     atomic_fetch_add(&c->conns_open, 1);
     pthread_rwlock_wrlock(&k->lock);
     k->nc = nc;
-    atomic_store(&k->connected, true); /* the callbacks keep it true from here */
+    atomic_store(&k->connected, true); /* from here the callbacks keep it current */
     k->health_failures = 0;
     pthread_rwlock_unlock(&k->lock);
     size_t maxp = (size_t)natsConnection_GetMaxPayload(nc);
