@@ -196,7 +196,15 @@ static gw__store_conn *sq_connect(const gw__store_cfg *cfg, char *why)
     sqlite3_busy_timeout(c->db, cfg->timeout_ms > INT32_MAX ? INT32_MAX : (int)cfg->timeout_ms);
     sqlite3_progress_handler(c->db, 1000, past_deadline, c);
     /* journal_mode returns a row; sqlite3_exec ignores it. A file that is
-     * not a database fails here with "file is not a database". */
+     * not a database fails here with "file is not a database". Two processes
+     * opening a new file at the same moment: switching it to WAL can fail
+     * with SQLITE_BUSY at once, without the busy handler (SQLite's deadlock
+     * avoidance), so that is retried here for up to the timeout. */
+    int tries = 0;
+    struct timespec nap = {0, 10 * 1000000L};
+    while (sqlite3_exec(c->db, "PRAGMA journal_mode = WAL", NULL, NULL, NULL) == SQLITE_BUSY &&
+           (unsigned)++tries * 10u < cfg->timeout_ms)
+        nanosleep(&nap, NULL);
     if (exec(c, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;", why) == -1) {
         char tmp[GW_STORE_MSG_MAX];
         snprintf(tmp, sizeof tmp, "%s", why);

@@ -1290,6 +1290,54 @@ static void test_pg_frozen(void **state)
 
 /* ---- bad options ---- */
 
+/* Several gateways starting at the same moment on a new SQLite file (the
+ * integration suite's shared store): switching the file to WAL could fail
+ * at once with "database is locked" in all but one (SQLite answers
+ * SQLITE_BUSY there without calling the busy handler). Every open must
+ * succeed. 8 threads, each with its own store, released together, 20 new
+ * files. */
+typedef struct open_race {
+    const char *path;
+    pthread_barrier_t *go;
+    int rc;
+    char msg[GW_STORE_MSG_MAX];
+} open_race;
+
+static void *open_race_main(void *arg)
+{
+    open_race *r = arg;
+    gw_store_opts o = {.backend = "sqlite", .sqlite_path = r->path, .conns = 2, .timeout_ms = 5000};
+    pthread_barrier_wait(r->go);
+    gw_store *s = gw_store_open(&o, r->msg);
+    r->rc = s ? 0 : -1;
+    gw_store_close(s);
+    return NULL;
+}
+
+static void test_sqlite_concurrent_first_open(void **state)
+{
+    T *t = *state;
+    enum { OPENERS = 8, ROUNDS = 20 };
+    for (int round = 0; round < ROUNDS; round++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/race%d.db", t->e->dir, round);
+        pthread_barrier_t go;
+        pthread_barrier_init(&go, NULL, OPENERS);
+        open_race r[OPENERS];
+        pthread_t th[OPENERS];
+        for (int i = 0; i < OPENERS; i++) {
+            r[i] = (open_race){.path = path, .go = &go};
+            assert_int_equal(pthread_create(&th[i], NULL, open_race_main, &r[i]), 0);
+        }
+        for (int i = 0; i < OPENERS; i++)
+            pthread_join(th[i], NULL);
+        pthread_barrier_destroy(&go);
+        for (int i = 0; i < OPENERS; i++)
+            if (r[i].rc != 0)
+                fail_msg("round %d, opener %d: %s", round, i, r[i].msg);
+    }
+}
+
 static void test_bad_open(void **state)
 {
     T *t = *state;
@@ -1378,7 +1426,10 @@ static void test_bad_open(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest sqlite_tests[] = {STORE_TESTS};
+    const struct CMUnitTest sqlite_tests[] = {
+        STORE_TESTS,
+        cmocka_unit_test_setup_teardown(test_sqlite_concurrent_first_open, setup, teardown),
+    };
     const struct CMUnitTest pg_tests[] = {
         STORE_TESTS,
         cmocka_unit_test_setup_teardown(test_pg_down_and_back, setup, teardown),
