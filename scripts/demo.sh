@@ -42,7 +42,11 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$DATA/jetstream" -l "$DATA/nats-server.log" &
+# The servers run in sessions of their own (setsid): a Ctrl-C at the terminal
+# reaches only this script, whose cleanup stops the gateway (it drains) and
+# then nats-server, instead of both dying at once while `wait` below takes
+# that for a crash.
+setsid nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$DATA/jetstream" -l "$DATA/nats-server.log" &
 pids+=($!)
 for _ in $(seq 50); do
     (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break
@@ -53,7 +57,7 @@ rm -f "$DATA/port"
 # The start room announces arrivals here (a few people trying it out); the
 # default is a quiet lobby.
 MUDBUS_AUTH_JWT_SECRET_FILE=$DATA/jwt_secret MUDBUS_STORE_SQLITE_PATH=$DATA/mutes.db \
-    MUDBUS_GATEWAY_START_ROOM_PRESENCE=on build/mudbus-gateway \
+    MUDBUS_GATEWAY_START_ROOM_PRESENCE=on setsid build/mudbus-gateway \
     --listen "127.0.0.1:$PORT" --nats "nats://127.0.0.1:$NATS_PORT" --web-root "$ROOT/web" \
     --dev-login --port-file "$DATA/port" 2>>"$DATA/gateway.log" &
 pids+=($!)
