@@ -13,10 +13,13 @@ import sys
 import time
 import unittest
 
-from harness import (QUIET, RACE_ENV, Gateway, GatewayTestCase, NatsServer, brief, pg_env, shared,
-                     shared_postgres, uid, uniq_room)
+from harness import (QUIET, RACE_ENV, SCALE, Gateway, GatewayTestCase, NatsServer, brief, pg_env,
+                     shared, shared_postgres, uid, uniq_room)
 
-WITHIN = 0.100  # issue 6: a change made through one gateway applies on the others within 100 ms
+# issue 6: a change made through one gateway applies on the others within 100 ms. Asserted as
+# such in the plain build; the sanitizer build runs everything several times slower
+# (MB_TIMEOUT_SCALE), and there it is the rule, not the figure, that is checked.
+WITHIN = 0.100 * SCALE
 TICK = 0.010  # the probing sender speaks every 10 ms
 RUN_AFTER = 0.400  # and goes on this long after the change's ack
 
@@ -127,8 +130,8 @@ class MutesPgTests(GatewayTestCase):
         last_ack = max(t for t, r in replies.values() if r["event_type"] == "ack")
         print("\n  global mute A->B: last line accepted %.1f ms after A's ack" % ((last_ack - t_ack) * 1000),
               file=sys.stderr)
-        self.assertEqual(acked_late, [], "lines accepted from a sender on gw B more than 100 ms after the global "
-                                         "mute's ack on gw A (ms after ack, line)")
+        self.assertEqual(acked_late, [], "lines accepted from a sender on gw B more than %d ms after the global "
+                                         "mute's ack on gw A (ms after ack, line)" % round(WITHIN * 1000))
         self.assertTrue(refused, "the sender was never refused")
         self.assertEqual(self.pg.psql("SELECT count(*) FROM mutes_global WHERE target = '%s'" % s.player_id), "1")
         await asyncio.sleep(QUIET)
@@ -184,9 +187,10 @@ class MutesPgTests(GatewayTestCase):
         in_b = [t for t in pump.received_by(rb) if t_ack <= t < t_unmute - 0.050]
         print("\n  personal mute A->B: last line delivered on B %s ms after A's ack"
               % (round((max(in_b) - t_ack) * 1000, 1) if in_b else "-"), file=sys.stderr)
-        self.assertEqual(late_a, [], "gw A delivered lines sent more than 100 ms after the mute's ack (ms after ack)")
-        self.assertEqual(late_b, [], "gw B delivered lines sent more than 100 ms after the mute's ack on gw A "
-                                     "(ms after ack)")
+        self.assertEqual(late_a, [], "gw A delivered lines sent more than %d ms after the mute's ack (ms after ack)"
+                         % round(WITHIN * 1000))
+        self.assertEqual(late_b, [], "gw B delivered lines sent more than %d ms after the mute's ack on gw A "
+                                     "(ms after ack)" % round(WITHIN * 1000))
         self.assertEqual(self.pg.psql("SELECT count(*) FROM mutes_player WHERE muter = '%s'" % rid), "0",
                          "the unmute reached PostgreSQL")
         # the unmute made through B: lines sent from 100 ms after its ack on reach R on A (and B)
@@ -194,8 +198,8 @@ class MutesPgTests(GatewayTestCase):
             got = set(pump.received_by(cl))
             missing = [round((pump.sent[m][0] - t_ack2) * 1000, 1) for m in pump.order
                        if pump.sent[m][0] >= t_ack2 + WITHIN and pump.sent[m][0] not in got]
-            self.assertEqual(missing, [], "gw %s did not deliver lines sent more than 100 ms after the unmute's "
-                                          "ack on gw B (ms after ack)" % who)
+            self.assertEqual(missing, [], "gw %s did not deliver lines sent more than %d ms after the unmute's "
+                                          "ack on gw B (ms after ack)" % (who, round(WITHIN * 1000)))
         # a channel mute made through A is in force on B 100 ms after the ack, and the unmute too
         await ra.ok("mute_channel", channel="emote")
         await asyncio.sleep(WITHIN)
