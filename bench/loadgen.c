@@ -503,8 +503,9 @@ static void snapshot(lg_run *r, int end)
     double gw_main = r->o.gw_pid ? lg_proc_thread_cpu_s(r->o.gw_pid, r->o.gw_pid) : 0;
     double nats = r->o.nats_pid ? bu_proc_cpu_s(r->o.nats_pid) : 0;
     lg_sys_cpu_ticks(&busy, &total);
-    if (r->o.metrics && lg_metrics_read(r->o.host, r->o.port, end ? r->m1 : r->m0,
-                                        end ? &r->busy1 : &r->busy0) != 0)
+    if (r->o.metrics &&
+        lg_metrics_read(r->o.host, r->o.port, end ? r->m1 : r->m0, end ? &r->busy1 : &r->busy0,
+                        end ? &r->wait1 : &r->wait0) != 0)
         fprintf(stderr, "loadgen: cannot read the gateway's /metrics\n");
     if (end) {
         r->w_t1 = bu_now_ns();

@@ -155,6 +155,7 @@ typedef struct lg_run {
     lg_hist welcome_hist;                  /* connect start to welcome, every client welcomed */
     double m0[LG_METRICS], m1[LG_METRICS]; /* --metrics; -1: not read */
     lg_buckets busy0, busy1;               /* --metrics: the gateway's loop busy histogram */
+    lg_buckets wait0, wait1; /* --metrics: NATS deliveries' wait in the poll-mode queue */
     double gw_main0, gw_main1, gw_cpu0, gw_cpu1, nats_cpu0, nats_cpu1, self_cpu0, self_cpu1;
     uint64_t sys_busy0, sys_total0, sys_busy1, sys_total1;
     long rss_before, rss_joined, rss_after;
@@ -168,7 +169,8 @@ typedef struct lg_run {
  * sample lg_metric_names[i], -1 when absent; *busy the cumulative buckets of
  * mudbus_gateway_loop_busy_seconds. Returns 0 or -1. */
 extern const char *const lg_metric_names[LG_METRICS];
-int lg_metrics_read(const char *host, int port, double v[LG_METRICS], lg_buckets *busy);
+int lg_metrics_read(const char *host, int port, double v[LG_METRICS], lg_buckets *busy,
+                    lg_buckets *wait);
 
 /* Fills *o from the command line and the environment (the secret may come
  * from MUDBUS_AUTH_JWT_SECRET). Returns 0, or -1 after printing why to

@@ -10,6 +10,7 @@
 #include <inttypes.h>
 #include <netdb.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,29 +31,38 @@ const char *const lg_metric_names[LG_METRICS] = {
 
 #define LG_METRICS_MAX (1u << 20) /* bytes of a /metrics answer we read */
 
-/* One line of the loop busy histogram into *b. */
-static void busy_line(const char *line, lg_buckets *b)
+/* One line of histogram `name` (one series; labels other than le are
+ * ignored) into *b. */
+static void hist_line(const char *line, const char *name, lg_buckets *b)
 {
-    static const char name[] = "mudbus_gateway_loop_busy_seconds";
-    const size_t nl = sizeof name - 1;
+    const size_t nl = strlen(name);
     if (strncmp(line, name, nl) != 0)
         return;
     line += nl;
-    if (strncmp(line, "_bucket{le=\"", 12) == 0) {
+    if (strncmp(line, "_bucket{", 8) == 0) {
+        const char *le_at = strstr(line, "le=\"");
         char *end = NULL;
-        double le = strtod(line + 12, &end);
-        if (end == line + 12 || strncmp(end, "\"} ", 3) != 0 || b->n >= LG_BUCKETS)
+        double le = le_at ? strtod(le_at + 4, &end) : 0;
+        if (!le_at || end == le_at + 4 || strncmp(end, "\"} ", 3) != 0 || b->n >= LG_BUCKETS)
             return; /* +Inf (not a number here) is `count` */
         b->le[b->n] = le;
         b->cum[b->n++] = strtod(end + 3, NULL);
-    } else if (strncmp(line, "_count ", 7) == 0) {
-        b->count = strtod(line + 7, NULL);
-    } else if (strncmp(line, "_sum ", 5) == 0) {
-        b->sum = strtod(line + 5, NULL);
+        return;
+    }
+    if (*line == '{') /* labels before the value */
+        line = strchr(line, '}') ? strchr(line, '}') + 1 : line;
+    if (strncmp(line, "_count", 6) == 0 || strncmp(line, "_sum", 4) == 0) {
+        bool count = line[1] == 'c';
+        const char *v = line + (count ? 6 : 4);
+        if (*v == '{')
+            v = strchr(v, '}') ? strchr(v, '}') + 1 : v;
+        if (*v == ' ')
+            *(count ? &b->count : &b->sum) = strtod(v + 1, NULL);
     }
 }
 
-int lg_metrics_read(const char *host, int port, double v[LG_METRICS], lg_buckets *busy)
+int lg_metrics_read(const char *host, int port, double v[LG_METRICS], lg_buckets *busy,
+                    lg_buckets *wait)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
     char portstr[16], req[512];
@@ -62,8 +72,8 @@ int lg_metrics_read(const char *host, int port, double v[LG_METRICS], lg_buckets
     uint64_t deadline = bu_now_ns() + 2000000000ull;
     for (int i = 0; i < LG_METRICS; i++)
         v[i] = -1;
-    busy->n = 0;
-    busy->count = busy->sum = -1;
+    busy->n = wait->n = 0;
+    busy->count = busy->sum = wait->count = wait->sum = -1;
     snprintf(portstr, sizeof portstr, "%d", port);
     if (buf == NULL || getaddrinfo(host, portstr, &hints, &ai) != 0)
         goto out;
@@ -103,7 +113,8 @@ int lg_metrics_read(const char *host, int port, double v[LG_METRICS], lg_buckets
             if (strncmp(line, lg_metric_names[i], nl) == 0 && line[nl] == ' ')
                 v[i] = strtod(line + nl + 1, NULL);
         }
-        busy_line(line, busy);
+        hist_line(line, "mudbus_gateway_loop_busy_seconds", busy);
+        hist_line(line, "mudbus_client_dispatch_wait_seconds", wait);
     }
     rc = 0;
 out:
@@ -304,6 +315,14 @@ void lg_report(const lg_run *r)
                     busy_quantile(&r->busy0, &r->busy1, 0.99) * 1e3,
                     busy_quantile(&r->busy0, &r->busy1, 0.999) * 1e3,
                     busy_quantile(&r->busy0, &r->busy1, 1.0) * 1e3);
+        if (r->wait0.count >= 0 && r->wait1.count >= 0)
+            fprintf(out,
+                    "  dispatch  %.0f NATS deliveries in the window; their wait in the poll-mode "
+                    "queue, ms (bucket upper bounds): p50 %.3f p99 %.3f p99.9 %.3f max %.3f\n",
+                    r->wait1.count - r->wait0.count, busy_quantile(&r->wait0, &r->wait1, 0.5) * 1e3,
+                    busy_quantile(&r->wait0, &r->wait1, 0.99) * 1e3,
+                    busy_quantile(&r->wait0, &r->wait1, 0.999) * 1e3,
+                    busy_quantile(&r->wait0, &r->wait1, 1.0) * 1e3);
     }
     fprintf(out, "  closes    by the server: %s; by us: %u\n", closes, r->closed_by_us);
     fprintf(out, "  errors    %s; acks %" PRIu64 "\n", errs, r->acks);

@@ -134,7 +134,7 @@ run() { # name title loadgen-args...
     lg_out="$tmp/$name.txt"
     # In the background, so that `wait` returns at once on a signal.
     "$lg_bin" --url "ws://127.0.0.1:$gw_port/ws" --gateway-pid "$gw_pid" \
-        --nats-pid "$nats_pid" --duration "$duration" --warmup "$warmup" --json --quiet \
+        --nats-pid "$nats_pid" --duration "$duration" --warmup "$warmup" --json --quiet --metrics \
         "${extra[@]}" "$@" >"$tmp/$name.json" 2>"$lg_out" &
     lg_pid=$!
     wait "$lg_pid" || rc=$?

@@ -294,7 +294,10 @@ int mb_client_fd(const mb_client *c);
 
 /* Run up to `max` pending handler calls, listener calls and due retries on
  * this thread (0: all that are pending now). *ran (may be NULL) receives how
- * many ran. MB_ESTATE unless in poll mode. One thread at a time. */
+ * many ran. MB_ESTATE unless in poll mode. One thread at a time. How long
+ * each delivery waited in the queue between its arrival and its handler
+ * call is the histogram mudbus_client_dispatch_wait_seconds: the latency a
+ * loop that dispatches too rarely adds. */
 mb_status mb_client_dispatch(mb_client *c, size_t max, size_t *ran);
 
 /* Milliseconds until the next retry is due (-1: none), for poll timeouts. */

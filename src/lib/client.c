@@ -290,6 +290,11 @@ static mb_status register_metrics(mb_client *c, mb_err *err)
                                    "Health check round trip", c->labels, 1e-9, &c->m_rtt, err)) !=
         MB_OK)
         return st;
+    if (c->o.poll_mode &&
+        (st = mb_metrics_histogram(c->metrics, "mudbus_client_dispatch_wait_seconds",
+                                   "Poll mode: time from a delivery's arrival to its handler call",
+                                   c->labels, 1e-9, &c->m_dq_wait, err)) != MB_OK)
+        return st;
     for (size_t i = 0; i < c->npool; i++) {
         char l[192];
         snprintf(l, sizeof l, "%s,conn=\"%zu\"", c->labels, i);

@@ -215,30 +215,9 @@ void mb__msg_cb(natsConnection *nc, natsSubscription *nsub, natsMsg *msg, void *
         natsMsg_Destroy(msg);
         return;
     }
-    mb__item *it = NULL;
-    bool full = true;
-    pthread_mutex_lock(&c->dq_lock);
-    if (c->dq_deliveries < c->o.dispatch_queue_max) {
-        full = false;
-        it = mb__calloc(1, sizeof *it);
-    }
-    if (it) {
-        it->msg = msg;
-        it->sub = s;
-        it->info = info;
-        atomic_fetch_add(&s->refs, 1);
-        if (c->dq_tail)
-            c->dq_tail->next = it;
-        else
-            c->dq_head = it;
-        c->dq_tail = it;
-        c->dq_deliveries++;
-    }
-    pthread_mutex_unlock(&c->dq_lock);
-    if (it) {
-        mb__efd_signal(c);
+    bool full = false;
+    if (mb__dq_push_msg(c, s, msg, &info, &full))
         return;
-    }
     mb_counter_add(c->m_dq_full, 1);
     mb__client_dead_letter(c, subj, data, len, full ? MB_ELIMIT : MB_ENOMEM,
                            full ? "poll-mode dispatch queue full"
@@ -270,25 +249,64 @@ static void deliver_to_listeners(mb_client *c, const mb__event *ev)
         fns[i](ctxs[i], &pub);
 }
 
+/* Append it to the poll-mode queue (dq_lock held). The fd is signalled
+ * only when the queue was empty: mb_client_dispatch signals again itself
+ * when it leaves items behind, so a burst costs one write, not one each. */
+static bool dq_append(mb_client *c, mb__item *it)
+{
+    bool was_empty = c->dq_head == NULL;
+    if (c->dq_tail)
+        c->dq_tail->next = it;
+    else
+        c->dq_head = it;
+    c->dq_tail = it;
+    return was_empty;
+}
+
+bool mb__dq_push_msg(mb_client *c, mb__sub *s, natsMsg *msg, const mb_subject_info *info,
+                     bool *full)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    mb__item *it = NULL;
+    bool signal = false;
+    *full = true;
+    pthread_mutex_lock(&c->dq_lock);
+    if (c->dq_deliveries < c->o.dispatch_queue_max) {
+        *full = false;
+        it = mb__calloc(1, sizeof *it);
+    }
+    if (it) {
+        it->msg = msg;
+        it->sub = s;
+        it->info = *info;
+        it->queued_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+        atomic_fetch_add(&s->refs, 1);
+        signal = dq_append(c, it);
+        c->dq_deliveries++;
+    }
+    pthread_mutex_unlock(&c->dq_lock);
+    if (signal)
+        mb__efd_signal(c);
+    return it != NULL;
+}
+
 static void queue_event(mb_client *c, const mb__event *ev)
 {
     mb__item *it = NULL;
+    bool signal = false;
     pthread_mutex_lock(&c->dq_lock);
     if (c->dq_events < MB__EV_DISPATCH_MAX)
         it = mb__calloc(1, sizeof *it);
     if (it) {
         it->ev = *ev;
-        if (c->dq_tail)
-            c->dq_tail->next = it;
-        else
-            c->dq_head = it;
-        c->dq_tail = it;
+        signal = dq_append(c, it);
         c->dq_events++;
     }
     pthread_mutex_unlock(&c->dq_lock);
-    if (it)
+    if (signal)
         mb__efd_signal(c);
-    else
+    if (!it)
         mb_counter_add(c->m_events_lost, 1);
 }
 
@@ -466,6 +484,10 @@ mb_status mb_client_dispatch(mb_client *c, size_t max, size_t *ran)
             break;
         pending--;
         if (it->msg) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            uint64_t t = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+            mb_histogram_observe(c->m_dq_wait, t > it->queued_ns ? t - it->queued_ns : 0);
             if (atomic_load(&it->sub->active)) {
                 mb__client_deliver(c, it->sub, it->msg, &it->info);
                 n++;

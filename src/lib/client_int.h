@@ -82,6 +82,7 @@ typedef struct mb__item {
     mb__sub *sub;
     mb_subject_info info;
     mb__event ev;
+    uint64_t queued_ns; /* monotonic time it was queued (deliveries) */
 } mb__item;
 
 /* A message waiting for its next attempt (owned by its timer). */
@@ -171,6 +172,7 @@ struct mb_client {
         *m_dropped, *m_delivered, *m_invalid, *m_slow, *m_health_fail, *m_events_lost,
         *m_connect_fail, *m_repairs, *m_dq_full, *m_handled_ok, *m_handled_retry, *m_handled_fail;
     mb_histogram *m_rtt;
+    mb_histogram *m_dq_wait; /* poll mode: queued to dispatched */
 
     struct mb__js *js; /* JetStream for critical subjects (client_js.c); NULL: disabled */
 };
@@ -253,6 +255,11 @@ void mb__msg_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *c
 void mb__sub_complete_cb(void *closure);
 void mb__dq_free_all(mb_client *c);
 void mb__efd_signal(mb_client *c);
+/* Poll mode: queue a delivery of msg to s for mb_client_dispatch (taking a
+ * reference on s). False, with nothing taken, when the queue is full or out
+ * of memory (*full tells which). */
+bool mb__dq_push_msg(mb_client *c, mb__sub *s, natsMsg *msg, const mb_subject_info *info,
+                     bool *full);
 
 /* client_js.c (JetStream for critical subjects; every function is a no-op
  * or false when c->js is NULL, except where noted) */

@@ -625,31 +625,6 @@ void mb__js_settle(mb_client *c, mb__sub *s, natsMsg *msg, mb_handled h, uint64_
     }
 }
 
-/* Poll mode: queue the message for mb_client_dispatch. False if full. */
-static bool enqueue(mb_client *c, mb__sub *s, natsMsg *msg, const mb_subject_info *info)
-{
-    mb__item *it = NULL;
-    pthread_mutex_lock(&c->dq_lock);
-    if (c->dq_deliveries < c->o.dispatch_queue_max)
-        it = mb__calloc(1, sizeof *it) /* freed by client_events.c, as mb__msg_cb's */;
-    if (it) {
-        it->msg = msg;
-        it->sub = s;
-        it->info = *info;
-        atomic_fetch_add(&s->refs, 1);
-        if (c->dq_tail)
-            c->dq_tail->next = it;
-        else
-            c->dq_head = it;
-        c->dq_tail = it;
-        c->dq_deliveries++;
-    }
-    pthread_mutex_unlock(&c->dq_lock);
-    if (it)
-        mb__efd_signal(c);
-    return it != NULL;
-}
-
 static void handle_msg(mb_client *c, mb__sub *s, natsMsg *msg)
 {
     mb__js *j = c->js;
@@ -681,7 +656,8 @@ static void handle_msg(mb_client *c, mb__sub *s, natsMsg *msg)
         natsMsg_Destroy(msg);
         return;
     }
-    if (enqueue(c, s, msg, &info))
+    bool full = false;
+    if (mb__dq_push_msg(c, s, msg, &info, &full))
         return;
     mb_counter_add(c->m_dq_full, 1);
     if (natsMsg_NakWithDelay(msg, JS_DQ_FULL_NAK_MS, NULL) == NATS_OK)

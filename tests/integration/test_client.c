@@ -504,6 +504,18 @@ static void test_queue_group(void **state)
     assert_int_equal(atomic_load(&a.count) + atomic_load(&b.count), N);
 }
 
+/* The value of series `key` (name and labels) in the client's metrics. */
+static double metric_value(const char *key)
+{
+    char *text = NULL;
+    assert_int_equal(mb_client_metrics(F.c, &text, NULL, NULL), MB_OK);
+    const char *at = strstr(text, key);
+    assert_non_null(at);
+    double v = strtod(at + strlen(key), NULL);
+    free(text);
+    return v;
+}
+
 static void test_poll_mode(void **state)
 {
     (void)state;
@@ -540,6 +552,21 @@ static void test_poll_mode(void **state)
     assert_int_equal(atomic_load(&r.count), N);
     for (int i = 0; i < N; i++)
         assert_int_equal(r.seq[i], i);
+    /* Every delivery's wait in the queue is measured. One more message is
+     * queued once the fd is readable; dispatched 30 ms later, it adds at
+     * least that to the sum. */
+    static const char count_key[] = "mudbus_client_dispatch_wait_seconds_count{client=\"test\"} ";
+    static const char sum_key[] = "mudbus_client_dispatch_wait_seconds_sum{client=\"test\"} ";
+    assert_int_equal((int)metric_value(count_key), N);
+    double sum0 = metric_value(sum_key);
+    assert_int_equal(pub_event("events.game_tick", N, NULL, NULL), MB_OK);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    assert_int_equal(poll(&p, 1, 5000), 1);
+    sleep_ms(30);
+    assert_int_equal(mb_client_dispatch(F.c, 0, NULL), MB_OK);
+    assert_int_equal(atomic_load(&r.count), N + 1);
+    assert_int_equal((int)metric_value(count_key), N + 1);
+    assert_true(metric_value(sum_key) - sum0 >= 0.030);
     /* Handlers and listeners ran on this thread. */
     assert_true(pthread_equal(r.thread, pthread_self()));
     pthread_mutex_lock(&EV.lock);
