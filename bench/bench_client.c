@@ -29,7 +29,10 @@
  * Usage: bench_client   (MB_BENCH_RUNS=N, MB_BENCH_QUICK=1 for a short run,
  *                        MB_BENCH_N=messages per phase, MB_BENCH_PHASE=raw,
  *                        typed or bytes: that phase alone, for a profiler;
- *                        MB_BENCH_PIN=1: server and client on CPUs of their own)
+ *                        MB_BENCH_PIN=1: server and client on CPUs of their own;
+ *                        MB_BENCH_IOBUF=BYTES: nats.c's I/O buffer for both paths,
+ *                        natsOptions_SetIOBufSize and the client's io_buf_bytes;
+ *                        default: the client's default, 128 KiB; 0: nats.c's own)
  */
 #include <dirent.h>
 #include <sched.h>
@@ -232,21 +235,34 @@ int main(void)
     pin(&x);
     const char *url = natsrv_url(x.srv);
 
-    natsStatus s = natsConnection_ConnectTo(&x.raw, url);
+    /* nats.c's I/O buffer: the same on both paths, the client's default
+     * unless MB_BENCH_IOBUF=BYTES says otherwise (0: nats.c's own). */
+    mb_client_opts o;
+    mb_client_opts_default(&o);
+    const char *iob = getenv("MB_BENCH_IOBUF");
+    long iobuf = iob ? atol(iob) : (long)o.io_buf_bytes;
+    natsOptions *no = NULL;
+    natsStatus s = natsOptions_Create(&no);
+    if (s == NATS_OK)
+        s = natsOptions_SetURL(no, url);
+    if (s == NATS_OK && iobuf > 0)
+        s = natsOptions_SetIOBufSize(no, (int)iobuf);
+    if (s == NATS_OK)
+        s = natsConnection_Connect(&x.raw, no);
+    natsOptions_Destroy(no);
     if (s != NATS_OK)
-        die("natsConnection_ConnectTo", natsStatus_GetText(s));
+        die("natsConnection_Connect", natsStatus_GetText(s));
 
     mb_metrics *metrics = NULL;
     if (mb_metrics_create(&metrics, &err) != MB_OK ||
         mb_subject_registry_create(metrics, &x.subjects, &err) != MB_OK)
         die("setup", err.msg);
-    mb_client_opts o;
-    mb_client_opts_default(&o);
     o.servers[0] = url;
     o.nservers = 1;
     o.name = "bench";
     o.metrics = metrics;     /* one registry for client, subject and schema metrics */
     o.subjects = x.subjects; /* the registry the subjects are built with */
+    o.io_buf_bytes = iobuf > 0 ? (size_t)iobuf : 0;
     if (mb_client_create(&o, &x.client, &err) != MB_OK)
         die("mb_client_create", err.msg);
     mb_client_health h;
@@ -259,6 +275,10 @@ int main(void)
     printf("  %ld messages per phase, flush included, %d runs, phases alternate; "
            "%ld CPUs online; goal b/a >= 0.8\n",
            n, runs, cores);
+    if (iobuf > 0)
+        printf("  nats.c I/O buffer (natsOptions_SetIOBufSize) %ld bytes on both paths\n", iobuf);
+    else
+        printf("  nats.c I/O buffer: nats.c's default on both paths\n");
     printf("  (a) raw nats.c natsConnection_Publish, one connection\n"
            "  (b) mb_subject_build + mb_client_publish_chat (pool of %zu; one subject uses "
            "one connection)\n"

@@ -404,7 +404,18 @@ int main(void)
         die("natsrv_start", "cannot start nats-server");
     const char *url = natsrv_url(x.srv);
 
-    natsStatus s = natsConnection_ConnectTo(&x.raw, url);
+    /* The raw path's connection gets the client's nats.c I/O buffer. */
+    mb_client_opts dflt;
+    mb_client_opts_default(&dflt);
+    natsOptions *no = NULL;
+    natsStatus s = natsOptions_Create(&no);
+    if (s == NATS_OK)
+        s = natsOptions_SetURL(no, url);
+    if (s == NATS_OK && dflt.io_buf_bytes)
+        s = natsOptions_SetIOBufSize(no, (int)dflt.io_buf_bytes);
+    if (s == NATS_OK)
+        s = natsConnection_Connect(&x.raw, no);
+    natsOptions_Destroy(no);
     if (s == NATS_OK)
         s = natsConnection_ConnectTo(&x.admin, url);
     if (s != NATS_OK)

@@ -110,6 +110,12 @@ typedef struct mb_client_opts {
     uint64_t reconnect_wait_ms;   /* default 2000 */
     uint64_t reconnect_jitter_ms; /* default 100 (TLS: 1000) */
     size_t reconnect_buf_bytes;   /* buffered while reconnecting; default 8 MiB */
+    size_t io_buf_bytes;          /* nats.c's read and write buffer per connection
+                                   * (natsOptions_SetIOBufSize): publishes reach the socket in
+                                   * writes of up to this size; default 128 KiB (a fast
+                                   * publisher spends a fifth less CPU per message than with
+                                   * nats.c's own 32 KiB, bench_client); 0: nats.c's own;
+                                   * else 1 KiB..16 MiB */
     uint64_t connect_timeout_ms;  /* default 2000 */
     bool start_disconnected;      /* when no connection is up at start, succeed anyway and keep
                                    * trying in the background (publishes fail with MB_ENOCONN

@@ -153,6 +153,7 @@ void mb_client_opts_default(mb_client_opts *o)
     o->reconnect_wait_ms = 2000;
     o->reconnect_jitter_ms = 100;
     o->reconnect_buf_bytes = 8u * 1024u * 1024u;
+    o->io_buf_bytes = 128u * 1024u;
     o->connect_timeout_ms = 2000;
     o->health_interval_ms = 5000;
     o->health_timeout_ms = 500;
@@ -183,6 +184,9 @@ static mb_status check_opts(const mb_client_opts *o, mb_err *err)
         return mb_err_set(err, MB_EINVAL, "name must be 1..40 bytes of [A-Za-z0-9_.-]");
     if (o->health_interval_ms == 0 || o->health_timeout_ms == 0 || o->health_failures == 0)
         return mb_err_set(err, MB_EINVAL, "health interval, timeout and failures must be > 0");
+    if (o->io_buf_bytes != 0 && (o->io_buf_bytes < 1024 || o->io_buf_bytes > (size_t)16 << 20))
+        return mb_err_set(err, MB_EINVAL,
+                          "io_buf_bytes must be 0 (nats.c's default) or 1 KiB..16 MiB");
     if (o->connect_timeout_ms == 0 || o->reconnect_buf_bytes > (size_t)1 << 30)
         return mb_err_set(err, MB_EINVAL,
                           "connect_timeout_ms must be > 0 and "

@@ -40,6 +40,7 @@ static const char *const client_keys[] = {"servers",
                                           "reconnect_wait",
                                           "reconnect_jitter",
                                           "reconnect_buffer",
+                                          "io_buffer",
                                           "connect_timeout",
                                           "start_disconnected",
                                           "health_interval",
@@ -440,6 +441,8 @@ mb_status mb_client_opts_from_config(const mb_config *cfg, const char *section,
         (st = dur(&a, "reconnect_jitter", 0, MS_HOUR, &t.reconnect_jitter_ms)) != MB_OK ||
         (st = bytes(&a, "reconnect_buffer", UINT64_C(1) << 10, UINT64_C(1) << 30,
                     &t.reconnect_buf_bytes)) != MB_OK ||
+        (st = bytes(&a, "io_buffer", UINT64_C(1) << 10, UINT64_C(16) << 20, &t.io_buf_bytes)) !=
+            MB_OK ||
         (st = dur(&a, "connect_timeout", 1, 10 * 60000, &t.connect_timeout_ms)) != MB_OK ||
         (st = flag(&a, "start_disconnected", &t.start_disconnected)) != MB_OK)
         return st;

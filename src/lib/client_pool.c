@@ -164,6 +164,8 @@ static mb_status build_opts(mb_client *c, mb__conn *k, natsOptions **out, mb_err
                (int64_t)(o->reconnect_jitter_ms > 1000 ? o->reconnect_jitter_ms : 1000)),
            "reconnect_jitter_ms");
     NC_TRY(natsOptions_SetReconnectBufSize(no, (int)o->reconnect_buf_bytes), "reconnect_buf_bytes");
+    if (o->io_buf_bytes)
+        NC_TRY(natsOptions_SetIOBufSize(no, (int)o->io_buf_bytes), "io_buf_bytes");
     NC_TRY(natsOptions_SetTimeout(no, (int64_t)o->connect_timeout_ms), "connect_timeout_ms");
     if (o->tls.enabled || any_tls_url(o)) {
         NC_TRY(natsOptions_SetSecure(no, true), "TLS");

@@ -799,6 +799,7 @@ static const char all_keys[] = "[nats]\n"
                                "reconnect_wait = 3s\n"
                                "reconnect_jitter = 250ms\n"
                                "reconnect_buffer = 4MiB\n"
+                               "io_buffer = 256KiB\n"
                                "connect_timeout = 1500\n"
                                "start_disconnected = true\n"
                                "health_interval = 2s\n"
@@ -869,6 +870,7 @@ static void test_client_opts_every_key(void **state)
     assert_int_equal(o.reconnect_wait_ms, 3000);
     assert_int_equal(o.reconnect_jitter_ms, 250);
     assert_int_equal(o.reconnect_buf_bytes, 4u << 20);
+    assert_int_equal(o.io_buf_bytes, 256u << 10);
     assert_int_equal(o.connect_timeout_ms, 1500);
     assert_true(o.start_disconnected);
     assert_int_equal(o.health_interval_ms, 2000);
@@ -1110,6 +1112,9 @@ static void test_client_opts_bad_values(void **state)
         {"MUDBUS_NATS_RECONNECT_BUFFER=8MB",
          "[nats] reconnect_buffer (env "
          "MUDBUS_NATS_RECONNECT_BUFFER): \"8MB\" is not a size"},
+        {"MUDBUS_NATS_IO_BUFFER=512", "[nats] io_buffer (env MUDBUS_NATS_IO_BUFFER): \"512\" is "
+                                      "out of range (1KiB to 16MiB)"},
+        {"MUDBUS_NATS_IO_BUFFER=32MiB", "\"32MiB\" is out of range (1KiB to 16MiB)"},
         {"MUDBUS_NATS_HEALTH_FAILURES=0", "[nats] health_failures"},
         {"MUDBUS_NATS_RETRY_MAX_ATTEMPTS=101", "[nats] retry_max_attempts"},
         {"MUDBUS_NATS_RETRY_JITTER=random",
