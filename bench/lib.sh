@@ -19,13 +19,14 @@ stop_pid() {
     wait "$pid" 2>/dev/null || true
 }
 
-# start_nats BIN DIR: nats-server on a free port of 127.0.0.1, its ports file
+# start_nats BIN DIR: nats-server (JetStream, data in DIR/js; the gateway
+# needs it by default) on a free port of 127.0.0.1, its ports file
 # and log (nats.log) in DIR. Sets nats_pid, and nats_port (empty if it did not
 # start within 5 s).
 start_nats() {
     local bin=$1 dir=$2 f
     # shellcheck disable=SC2034 # (nats_pid: read by the caller)
-    setsid "$bin" -a 127.0.0.1 -p -1 --ports_file_dir "$dir" >"$dir/nats.log" 2>&1 &
+    setsid "$bin" -a 127.0.0.1 -p -1 --ports_file_dir "$dir" -js -sd "$dir/js" >"$dir/nats.log" 2>&1 &
     nats_pid=$!
     nats_port=
     for _ in $(seq 100); do

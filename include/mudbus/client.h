@@ -240,6 +240,19 @@ typedef uint64_t mb_sub_id; /* never 0 */
 mb_status mb_client_subscribe(mb_client *c, const char *pattern, const char *queue_group,
                               mb_msg_handler fn, void *ctx, mb_sub_id *id, mb_err *err);
 
+/* As mb_client_subscribe, but a plain NATS subscription even when the pattern
+ * is critical (JetStream): it sees what is published from now on, every such
+ * subscriber sees every message, nothing is acknowledged or redelivered and
+ * no durable consumer is made. For a cache that is kept right another way
+ * too, e.g. a gateway's mute cache (reloaded from its store after a NATS
+ * outage), where each process must see every change. */
+/* Whether a client with options `o` publishes `subject` (a subject, or a
+ * pattern: then whether all it matches is critical) through JetStream. */
+bool mb_client_opts_critical(const mb_client_opts *o, const char *subject);
+
+mb_status mb_client_subscribe_core(mb_client *c, const char *pattern, const char *queue_group,
+                                   mb_msg_handler fn, void *ctx, mb_sub_id *id, mb_err *err);
+
 /* Unsubscribe; no handler call for this subscription starts after it
  * returns, except one that is running now (when called from another
  * thread). MB_ENOTFOUND for an unknown or already removed id. */

@@ -345,10 +345,21 @@ int gw_config_load(gw_config *c, int argc, char **argv, char **envp)
             return fail("config", "out of memory");
     }
 
-    /* [nats] */
+    /* [nats]: JetStream keeps the gateway's critical announcements (mute
+     * changes, system messages) unless `js = off`. Whispers are NATS
+     * requests answered by the target's gateway ("no responders" means
+     * offline): a stream on their subject would answer them instead. */
     mb_client_opts_default(&c->nats);
+    c->nats.js.enabled = true;
+    c->nats.js.critical_subjects[0] = "chat.system";
+    c->nats.js.critical_subjects[1] = "mutes.changed.*";
+    c->nats.js.ncritical = 2;
     if (mb_client_opts_from_config(cfg, "nats", &c->nats, &err) != MB_OK)
         return fail("nats", err.msg);
+    if (mb_client_opts_critical(&c->nats, "chat.whisper.player.x"))
+        return fail("nats", "js_critical_subjects: whispers are NATS requests answered by the "
+                            "target's gateway; a JetStream stream on chat.whisper.player.* "
+                            "would answer them instead (leave them out, or js = off)");
     if (nats) {
         c->nats_servers_buf = strdup(nats);
         size_t n = 0;

@@ -19,7 +19,9 @@ static void sub(gw *g, mb_sub_id *id, const char *prefix, const char *arg)
     char subj[300];
     snprintf(subj, sizeof subj, "%s%s", prefix, arg);
     mb_err err = {0};
-    if (mb_client_subscribe(g->nats, subj, NULL, gw_on_nats, g, id, &err) != MB_OK) {
+    /* Plain subscriptions, critical subjects too: every gateway must see
+     * every message for its own players, as it comes. */
+    if (mb_client_subscribe_core(g->nats, subj, NULL, gw_on_nats, g, id, &err) != MB_OK) {
         *id = 0;
         if (err.code != MB_ENOCONN)
             gw_log("warn", "event=subscribe_failed subject=%s error=\"%s\"", subj, err.msg);

@@ -1018,7 +1018,11 @@ int gw_server_run(gw_config *cfg)
     if (!no->name || strcmp(no->name, "mudbus") == 0)
         no->name = cfg->instance_id;
     if (mb_client_create(no, &g->nats, &err) != MB_OK) {
-        gw_log("error", "event=start_failed what=nats error=\"%s\"", err.msg);
+        bool js = no->js.enabled && strstr(err.msg, "JetStream") != NULL;
+        gw_log("error", "event=start_failed what=nats error=\"%s\"%s", err.msg,
+               js ? " hint=\"mute changes and system messages go through JetStream: run "
+                    "nats-server with JetStream (-js), or set [nats] js = off\""
+                  : "");
         goto out_auth;
     }
     if (mb_client_listen(g->nats, on_nats_event, g, &err) != MB_OK)

@@ -1002,8 +1002,8 @@ static mb__sub *slot_take(mb_client *c, mb_sub_id id)
     return s;
 }
 
-mb_status mb_client_subscribe(mb_client *c, const char *pattern, const char *queue_group,
-                              mb_msg_handler fn, void *ctx, mb_sub_id *id, mb_err *err)
+static mb_status subscribe(mb_client *c, const char *pattern, const char *queue_group, bool core,
+                           mb_msg_handler fn, void *ctx, mb_sub_id *id, mb_err *err)
 {
     if (!c || !pattern || !fn)
         return mb_err_set(err, MB_EINVAL, "NULL client, pattern or handler");
@@ -1035,7 +1035,7 @@ mb_status mb_client_subscribe(mb_client *c, const char *pattern, const char *que
         mb__client_sub_unref(s);
         return mb_err_set(err, MB_ENOMEM, "out of memory");
     }
-    if (c->js && mb__js_critical(c, pattern)) {
+    if (!core && c->js && mb__js_critical(c, pattern)) {
         /* A durable pull consumer with its own fetch thread (client_js.c). */
         if ((st = mb__js_subscribe(c, s, err)) != MB_OK) {
             goto unreserve;
@@ -1079,6 +1079,18 @@ unreserve:
     pthread_mutex_unlock(&c->subs_lock);
     mb__client_sub_unref(s);
     return st;
+}
+
+mb_status mb_client_subscribe(mb_client *c, const char *pattern, const char *queue_group,
+                              mb_msg_handler fn, void *ctx, mb_sub_id *id, mb_err *err)
+{
+    return subscribe(c, pattern, queue_group, false, fn, ctx, id, err);
+}
+
+mb_status mb_client_subscribe_core(mb_client *c, const char *pattern, const char *queue_group,
+                                   mb_msg_handler fn, void *ctx, mb_sub_id *id, mb_err *err)
+{
+    return subscribe(c, pattern, queue_group, true, fn, ctx, id, err);
 }
 
 mb_status mb_client_unsubscribe(mb_client *c, mb_sub_id id, mb_err *err)

@@ -167,6 +167,16 @@ static bool covers(const char *crit, const char *pat)
     }
 }
 
+bool mb_client_opts_critical(const mb_client_opts *o, const char *subject)
+{
+    if (!o || !subject || !o->js.enabled)
+        return false;
+    for (size_t i = 0; i < o->js.ncritical && i < MB_CLIENT_MAX_CRITICAL; i++)
+        if (o->js.critical_subjects[i] && covers(o->js.critical_subjects[i], subject))
+            return true;
+    return false;
+}
+
 bool mb__js_critical(mb_client *c, const char *subject)
 {
     mb__js *j = c->js;
@@ -273,21 +283,25 @@ static mb_status js_fail(mb_err *err, natsStatus s, jsErrCode jerr, const char *
     return mb_err_set(err, st, "%s: %s", what, txt && *txt ? txt : natsStatus_GetText(s));
 }
 
-static bool same_subjects(const mb__js *j, const jsStreamConfig *cfg)
+/* How many of this client's critical subjects the stream's subjects do not
+ * cover (each missing one goes to *missing, which has room for j->ncrit). */
+static size_t uncovered(const mb__js *j, const jsStreamConfig *cfg, const char **missing)
 {
-    if (!cfg || cfg->SubjectsLen != (int)j->ncrit)
-        return false;
+    size_t n = 0;
     for (size_t i = 0; i < j->ncrit; i++) {
         bool found = false;
-        for (int k = 0; k < cfg->SubjectsLen && !found; k++)
-            found = cfg->Subjects[k] && strcmp(cfg->Subjects[k], j->crit[i]) == 0;
+        for (int k = 0; cfg && k < cfg->SubjectsLen && !found; k++)
+            found = cfg->Subjects[k] && covers(cfg->Subjects[k], j->crit[i]);
         if (!found)
-            return false;
+            missing[n++] = j->crit[i];
     }
-    return true;
+    return n;
 }
 
-/* Create the stream, or check it and update its subjects. */
+/* Create the stream, or check that it covers this client's critical subjects
+ * and add those it lacks. Subjects are only ever added: clients with
+ * different lists (a game server's, a gateway's) share one stream without
+ * taking each other's subjects away. */
 static mb_status ensure_stream(mb__js *j, jsCtx *js, mb_err *err)
 {
     mb_client *c = j->c;
@@ -321,17 +335,32 @@ static mb_status ensure_stream(mb__js *j, jsCtx *js, mb_err *err)
     } else if (s != NATS_OK) {
         snprintf(what, sizeof what, "cannot look up JetStream stream %s", j->stream);
         st = js_fail(err, s, jerr, what);
-    } else if (!same_subjects(j, si->Config)) {
-        jsStreamConfig cfg = *si->Config;
-        cfg.Subjects = (const char **)j->crit;
-        cfg.SubjectsLen = (int)j->ncrit;
-        jerr = 0;
-        s = js_UpdateStream(NULL, js, &cfg, NULL, &jerr);
-        snprintf(what, sizeof what, "cannot update the subjects of JetStream stream %s", j->stream);
-        if (s != NATS_OK)
-            st = js_fail(err, s, jerr, what);
-        else
-            mb__client_log(c, "JetStream stream %s: subjects updated", j->stream);
+    } else {
+        const char *missing[MB_CLIENT_MAX_CRITICAL];
+        size_t nmiss = uncovered(j, si->Config, missing);
+        int have = si->Config ? si->Config->SubjectsLen : 0;
+        const char **all = nmiss ? mb__calloc((size_t)have + nmiss, sizeof *all) : NULL;
+        if (nmiss && !all) {
+            st = mb_err_set(err, MB_ENOMEM, "out of memory");
+        } else if (nmiss) {
+            for (int k = 0; k < have; k++)
+                all[k] = si->Config->Subjects[k];
+            for (size_t k = 0; k < nmiss; k++)
+                all[(size_t)have + k] = missing[k];
+            jsStreamConfig cfg = *si->Config;
+            cfg.Subjects = all;
+            cfg.SubjectsLen = have + (int)nmiss;
+            jerr = 0;
+            s = js_UpdateStream(NULL, js, &cfg, NULL, &jerr);
+            snprintf(what, sizeof what, "cannot add %zu subjects to JetStream stream %s", nmiss,
+                     j->stream);
+            if (s != NATS_OK)
+                st = js_fail(err, s, jerr, what);
+            else
+                mb__client_log(c, "JetStream stream %s: %zu subjects added (%s%s)", j->stream,
+                               nmiss, missing[0], nmiss > 1 ? ", ..." : "");
+        }
+        mb__free(all);
     }
     jsStreamInfo_Destroy(si);
     if (st == MB_OK)

@@ -252,32 +252,73 @@ static bool cond_dlq(void *arg)
 
 /* ---- tests ---- */
 
+/* Create a client with these critical patterns (a fresh default set when
+ * n is 0) and destroy it again; the stream's subjects afterwards, joined by
+ * spaces, into out. */
+static void stream_subjects_after(const char *const *crit, size_t n, char *out, size_t cap)
+{
+    mb_client_opts o;
+    js_opts(&o);
+    for (size_t i = 0; i < n; i++)
+        o.js.critical_subjects[i] = crit[i];
+    if (n)
+        o.js.ncritical = n;
+    create_client(&o);
+    jsStreamInfo *si = NULL;
+    assert_int_equal(js_GetStreamInfo(&si, F.js, STREAM, NULL, NULL), NATS_OK);
+    size_t len = 0;
+    out[0] = '\0';
+    for (int i = 0; i < si->Config->SubjectsLen; i++)
+        len +=
+            (size_t)snprintf(out + len, cap - len, "%s%s", i ? " " : "", si->Config->Subjects[i]);
+    assert_true(len < cap);
+    if (n == 0) {
+        assert_int_equal(si->Config->Storage, js_FileStorage);
+        assert_true(si->Config->Duplicates == (int64_t)120 * 1000000000);
+        assert_true(si->Config->MaxAge == (int64_t)24 * 3600 * 1000000000);
+    }
+    jsStreamInfo_Destroy(si);
+    mb_client_destroy(F.c);
+    F.c = NULL;
+}
+
 static void test_stream_created_and_updated(void **state)
 {
     (void)state;
     start_js_server();
+    char subj[512];
+    stream_subjects_after(NULL, 0, subj, sizeof subj);
+    assert_string_equal(subj, "chat.whisper.player.* chat.system mutes.changed.*");
+
+    /* Another client with one more critical pattern adds it. */
+    const char *const more[] = {"chat.whisper.player.*", "chat.system", "mutes.changed.*",
+                                "chat.party.*"};
+    stream_subjects_after(more, 4, subj, sizeof subj);
+    assert_string_equal(subj, "chat.whisper.player.* chat.system mutes.changed.* chat.party.*");
+
+    /* A client with fewer critical patterns (a gateway's) takes none away,
+     * and one whose pattern an existing subject covers adds nothing. */
+    const char *const fewer[] = {"mutes.changed.*", "chat.party.p1"};
+    stream_subjects_after(fewer, 2, subj, sizeof subj);
+    assert_string_equal(subj, "chat.whisper.player.* chat.system mutes.changed.* chat.party.*");
+
+    /* One with a new pattern adds just that. */
+    const char *const other[] = {"events.game_tick"};
+    stream_subjects_after(other, 1, subj, sizeof subj);
+    assert_string_equal(
+        subj, "chat.whisper.player.* chat.system mutes.changed.* chat.party.* events.game_tick");
+
+    /* What options make critical. */
     mb_client_opts o;
     js_opts(&o);
-    create_client(&o);
-    jsStreamInfo *si = NULL;
-    assert_int_equal(js_GetStreamInfo(&si, F.js, STREAM, NULL, NULL), NATS_OK);
-    assert_int_equal(si->Config->SubjectsLen, 3);
-    assert_int_equal(si->Config->Storage, js_FileStorage);
-    assert_true(si->Config->Duplicates == (int64_t)120 * 1000000000);
-    assert_true(si->Config->MaxAge == (int64_t)24 * 3600 * 1000000000);
-    jsStreamInfo_Destroy(si);
-    mb_client_destroy(F.c);
-    F.c = NULL;
-
-    /* Another client with one more critical pattern updates the subjects. */
-    js_opts(&o);
-    o.js.critical_subjects[3] = "chat.party.*";
-    o.js.ncritical = 4;
-    create_client(&o);
-    si = NULL;
-    assert_int_equal(js_GetStreamInfo(&si, F.js, STREAM, NULL, NULL), NATS_OK);
-    assert_int_equal(si->Config->SubjectsLen, 4);
-    jsStreamInfo_Destroy(si);
+    assert_true(mb_client_opts_critical(&o, "mutes.changed.p1"));
+    assert_true(mb_client_opts_critical(&o, "chat.whisper.player.*"));
+    assert_false(mb_client_opts_critical(&o, "chat.say.room.r1"));
+    assert_false(mb_client_opts_critical(&o, "mutes.changed"));
+    o.js.critical_subjects[0] = "chat.>";
+    assert_true(mb_client_opts_critical(&o, "chat.say.room.r1"));
+    o.js.enabled = false;
+    assert_false(mb_client_opts_critical(&o, "mutes.changed.p1"));
 
     /* Bad options are refused before connecting. */
     mb_client *c2 = NULL;
@@ -506,6 +547,47 @@ static void test_non_critical_core(void **state)
     assert_false(consumer_state("t_chat_say_room_-any", NULL, NULL));
 }
 
+/* mb_client_subscribe_core on a critical pattern: a plain subscription that
+ * sees the JetStream-published messages, with no durable consumer and no
+ * acknowledgement; two such subscribers both see every message. */
+static void test_core_subscription_of_critical(void **state)
+{
+    (void)state;
+    start_js_server();
+    mb_client_opts o;
+    js_opts(&o);
+    create_client(&o);
+    jrec a, b;
+    jrec_init(&a, MB_HANDLED_OK);
+    jrec_init(&b, MB_HANDLED_OK);
+    assert_int_equal(
+        mb_client_subscribe_core(F.c, "chat.whisper.player.*", NULL, jrec_handler, &a, NULL, NULL),
+        MB_OK);
+    assert_int_equal(
+        mb_client_subscribe_core(F.c, "chat.whisper.player.p2", NULL, jrec_handler, &b, NULL, NULL),
+        MB_OK);
+    assert_int_equal(mb_client_flush(F.c, 2000, NULL), MB_OK);
+    pub_whisper("c1");
+    pub_whisper("c2");
+    assert_true(wait_count(&a.count, 2, 5000));
+    assert_true(wait_count(&b.count, 2, 5000));
+    assert_int_equal(a.deliveries[0], 0); /* core NATS: no delivery count */
+    int64_t two = 2;
+    assert_true(wait_for(cond_stream_msgs, &two, 5000)); /* still stored by JetStream */
+    WAIT_STAT(publish_acks, 2, 5000);
+    assert_false(consumer_state(WHISPER_DURABLE, NULL, NULL));
+    mb_client_js_stats s;
+    mb_client_js_stats_get(F.c, &s);
+    assert_int_equal(s.acks, 0);
+    /* An ordinary subscription of the same pattern is still a durable one. */
+    jrec d;
+    jrec_init(&d, MB_HANDLED_OK);
+    assert_int_equal(
+        mb_client_subscribe(F.c, "chat.whisper.player.*", NULL, jrec_handler, &d, NULL, NULL),
+        MB_OK);
+    assert_true(consumer_state(WHISPER_DURABLE, NULL, NULL));
+}
+
 static void test_poll_mode_dispatch(void **state)
 {
     (void)state;
@@ -726,6 +808,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_max_deliveries_to_dlq, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dedup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_non_critical_core, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_core_subscription_of_critical, setup, teardown),
         cmocka_unit_test_setup_teardown(test_poll_mode_dispatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unsubscribe_from_handler, setup, teardown),
         cmocka_unit_test_setup_teardown(test_publish_ack_failure_retried_then_dlq, setup, teardown),

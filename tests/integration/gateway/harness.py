@@ -168,8 +168,9 @@ def wait_port(port, timeout=5.0):
 
 
 class NatsServer:
-    def __init__(self, name="nats"):
+    def __init__(self, name="nats", jetstream=True):
         self.name = name
+        self.jetstream = jetstream
         self.dir = tempfile.mkdtemp(prefix=name + "-", dir=TMP)
         self.store = os.path.join(self.dir, "js")
         self.log = os.path.join(self.dir, "nats.log")
@@ -184,7 +185,9 @@ class NatsServer:
         """Start on a free port (first time) or on `port` (restart on the same port)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         args = [nats_bin(), "-a", "127.0.0.1", "-p", str(port if port else -1),
-                "--ports_file_dir", self.dir, "-js", "-sd", self.store]
+                "--ports_file_dir", self.dir]
+        if self.jetstream:
+            args += ["-js", "-sd", self.store]
         logf = open(self.log, "ab")
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                      preexec_fn=_pdeathsig)
@@ -254,6 +257,26 @@ class NatsPub:
         data = payload if isinstance(payload, bytes) else json.dumps(payload, ensure_ascii=False).encode()
         self.sock.sendall(b"PUB %s %d\r\n%s\r\nPING\r\n" % (subject.encode(), len(data), data))
         self._pong()  # flushed: the server has it
+
+    def request(self, subject, payload):
+        """One request/reply (e.g. to the JetStream API); the reply's payload as bytes."""
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        inbox = "_INBOX.mbtest.%s" % uid("r")
+        self.sock.sendall(b"SUB %s 1\r\nPUB %s %s %d\r\n%s\r\n"
+                          % (inbox.encode(), subject.encode(), inbox.encode(), len(data), data))
+        while True:
+            ln = self.f.readline()
+            if not ln:
+                raise RuntimeError("NATS connection closed")
+            if ln.startswith(b"-ERR"):
+                raise RuntimeError("NATS: %r" % ln)
+            if ln.startswith(b"PING"):
+                self.sock.sendall(b"PONG\r\n")
+            if ln.startswith(b"MSG ") or ln.startswith(b"HMSG "):
+                n = int(ln.split()[-1])
+                body = self.f.read(n + 2)[:n]
+                self.sock.sendall(b"UNSUB 1\r\n")
+                return body
 
     def close(self):
         try:

@@ -16,7 +16,7 @@ import sys
 import time
 import unittest
 
-from harness import (QUIET, RACE_ENV, SCALE, SETTLE, SUBPROTOCOL, TMP, TS_RE, Gateway, GatewayTestCase, NatsPub, RawWS,
+from harness import (QUIET, RACE_ENV, SCALE, SETTLE, SUBPROTOCOL, TMP, TS_RE, Gateway, GatewayTestCase, NatsPub, NatsServer, RawWS,
                      ahttp, brief, chat_payload, free_port, gw_b, gw_main, shared_nats, uid, uniq_room)
 
 # The PostgreSQL cases live in test_mutes_pg.py. Until run.sh lists that module (best in
@@ -642,6 +642,73 @@ class MuteGatewayTests(GatewayTestCase):
                              "a newer database was changed")
         finally:
             db.close()
+
+    async def test_mute_changes_are_kept_by_jetstream(self):
+        """mutes.changed.{player} is a critical subject: the gateway publishes the announcement
+        through JetStream (the MUDBUS_CRITICAL stream keeps it), while every gateway still hears
+        it on a plain subscription (no durable consumer per gateway)."""
+        room = uniq_room()
+        a = await self.connect(gw_main(), "Alice", room=room)
+        b = await self.connect(gw_main(), "Bob", room=room)
+        await a.ok("mute", target=b.player_id)
+        nats = NatsPub(shared_nats().url)
+        try:
+            stored = None
+            deadline = time.monotonic() + 5 * SCALE
+            while stored is None and time.monotonic() < deadline:
+                reply = json.loads(await asyncio.to_thread(
+                    nats.request, "$JS.API.STREAM.MSG.GET.MUDBUS_CRITICAL",
+                    {"last_by_subj": "mutes.changed.%s" % a.player_id}))
+                if "message" in reply:
+                    stored = reply["message"]
+                else:
+                    await asyncio.sleep(0.05)
+            self.assertIsNotNone(stored, "the announcement is not in the stream: %r" % reply)
+            ev = json.loads(base64.b64decode(stored["data"]))
+            self.assertEqual(ev["event_type"], "mutes_changed")
+            self.assertEqual(ev["event_data"]["kind"], "player")
+            self.assertEqual(ev["event_data"]["action"], "added")
+            self.assertEqual(ev["event_data"]["target"], b.player_id)
+            info = json.loads(await asyncio.to_thread(nats.request, "$JS.API.STREAM.INFO.MUDBUS_CRITICAL", b""))
+            self.assertIn("mutes.changed.*", info["config"]["subjects"])
+            self.assertIn("chat.system", info["config"]["subjects"])
+            names = json.loads(await asyncio.to_thread(
+                nats.request, "$JS.API.CONSUMER.NAMES.MUDBUS_CRITICAL", b""))
+            self.assertFalse(names.get("consumers"), "a gateway made a durable consumer: %r" % names)
+        finally:
+            nats.close()
+
+    async def test_jetstream_settings_at_start(self):
+        """Without JetStream on the server the gateway stops at start and says so (and how to do
+        without it); with js = off it runs there. A critical pattern over whispers is refused:
+        whispers are requests that a stream would answer."""
+        bare = NatsServer("nats-nojs", jetstream=False).start()
+        self.addCleanup(bare.stop)
+        gw = Gateway("nojs", [bare.url])
+        gw.spawn()
+        rc = await asyncio.to_thread(gw.wait_exit, 10)
+        if rc is None:
+            gw.stop()
+        self.assertIn(rc, (1, 2), gw.log_tail(10))
+        self.assertRegex(gw.log_tail(10), r"JetStream is not enabled.*js = off")
+        ok = Gateway("nojs-off", [bare.url], env={"MUDBUS_NATS_JS": "off"}).start()
+        self.addCleanup(ok.stop)
+        room = uniq_room()
+        a = await self.connect(ok, "Alice", room=room)
+        b = await self.connect(ok, "Bob", room=room)
+        await a.ok("mute", target=b.player_id)
+        m = "muted without jetstream %s" % uid()
+        await b.ok("say", content=m)
+        await a.expect_no_chat(m)
+        for crit in ("chat.whisper.player.*", "chat.whisper.>", "chat.*.player.*"):
+            with self.subTest(critical=crit):
+                bad = Gateway("jswhisper", [shared_nats().url], env={"MUDBUS_NATS_JS_CRITICAL_SUBJECTS": crit})
+                bad.spawn()
+                rc = await asyncio.to_thread(bad.wait_exit, 10)
+                if rc is None:
+                    bad.stop()
+                self.assertEqual(rc, 2, bad.log_tail(10))
+                self.assertRegex(bad.log_tail(10), r"whisper")
 
     async def test_backend_none_turns_mutes_off(self):
         gw = Gateway("nostore", [shared_nats().url], instance_id="gw-nostore",
