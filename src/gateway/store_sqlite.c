@@ -114,7 +114,7 @@ struct gw__store_conn {
     sqlite3 *db;
     sqlite3_stmt *st[ST_COUNT];
     unsigned timeout_ms;
-    struct timespec deadline;
+    struct timespec armed, deadline; /* when the call began, when it must end */
     _Atomic uint64_t *queries;
 };
 
@@ -130,7 +130,8 @@ static int past_deadline(void *arg)
 
 static void arm_deadline(struct gw__store_conn *c)
 {
-    clock_gettime(CLOCK_MONOTONIC, &c->deadline);
+    clock_gettime(CLOCK_MONOTONIC, &c->armed);
+    c->deadline = c->armed;
     c->deadline.tv_sec += c->timeout_ms / 1000;
     c->deadline.tv_nsec += (long)(c->timeout_ms % 1000) * 1000000L;
     if (c->deadline.tv_nsec >= 1000000000L) {
@@ -144,9 +145,18 @@ static void db_why(struct gw__store_conn *c, int rc, char *why)
 {
     if (rc == SQLITE_INTERRUPT)
         gw__store_why(why, "statement timed out after %u ms", c->timeout_ms);
-    else if (rc == SQLITE_BUSY)
-        gw__store_why(why, "database is locked (waited %u ms)", c->timeout_ms);
-    else
+    else if (rc == SQLITE_BUSY) {
+        /* SQLite gives up at once, without waiting, where waiting could
+         * deadlock: say how long this call really waited. */
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long ms = (long long)(now.tv_sec - c->armed.tv_sec) * 1000 +
+                       (now.tv_nsec - c->armed.tv_nsec) / 1000000;
+        gw__store_why(why,
+                      "database is locked (by another connection; gave up after %lld ms, "
+                      "busy timeout %u ms)",
+                      ms > 0 ? ms : 0, c->timeout_ms);
+    } else
         gw__store_why(why, "%s", c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
 }
 
@@ -202,6 +212,7 @@ static gw__store_conn *sq_connect(const gw__store_cfg *cfg, char *why)
      * avoidance), so that is retried here for up to the timeout. */
     int tries = 0;
     struct timespec nap = {0, 10 * 1000000L};
+    arm_deadline(c);
     while (sqlite3_exec(c->db, "PRAGMA journal_mode = WAL", NULL, NULL, NULL) == SQLITE_BUSY &&
            (unsigned)++tries * 10u < cfg->timeout_ms)
         nanosleep(&nap, NULL);
@@ -273,6 +284,7 @@ fail:
  * why set on failure. */
 static sqlite3_stmt *stmt(struct gw__store_conn *c, int i, char *why)
 {
+    arm_deadline(c);
     if (!c->st[i]) {
         int rc = sqlite3_prepare_v3(c->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->st[i], NULL);
         if (rc != SQLITE_OK) {
@@ -283,7 +295,6 @@ static sqlite3_stmt *stmt(struct gw__store_conn *c, int i, char *why)
     }
     sqlite3_reset(c->st[i]);
     sqlite3_clear_bindings(c->st[i]);
-    arm_deadline(c);
     return c->st[i];
 }
 

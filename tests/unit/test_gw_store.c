@@ -1338,6 +1338,37 @@ static void test_sqlite_concurrent_first_open(void **state)
     }
 }
 
+/* Another connection holds the write lock: a write waits for the busy
+ * timeout, then fails with a message that says how long it really waited;
+ * it succeeds once the lock is gone. */
+static void test_sqlite_locked(void **state)
+{
+    T *t = *state;
+    gw_store_close(t->s);
+    t->o.timeout_ms = 300;
+    t->o.conns = 1;
+    char msg[GW_STORE_MSG_MAX] = "";
+    t->s = gw_store_open(&t->o, msg);
+    assert_non_null(t->s);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(t->path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    gw_mute_rec r = mk(GW_MUTE_PLAYER, "alice", "bob", NOW, 0, "spam");
+    double t0 = mono_ms();
+    assert_int_equal(gw_store_put(t->s, &r, msg), -1);
+    double waited = mono_ms() - t0;
+    print_message("[   INFO   ] locked: %.0f ms: %s\n", waited, msg);
+    const char *at = strstr(msg, "gave up after ");
+    assert_non_null(strstr(msg, "database is locked"));
+    assert_non_null(at);
+    long said = strtol(at + strlen("gave up after "), NULL, 10);
+    assert_true(said >= 250 && said <= waited + 1);
+    assert_non_null(strstr(msg, "busy timeout 300 ms"));
+    assert_int_equal(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    put_ok(t, &r);
+}
+
 static void test_bad_open(void **state)
 {
     T *t = *state;
@@ -1429,6 +1460,7 @@ int main(void)
     const struct CMUnitTest sqlite_tests[] = {
         STORE_TESTS,
         cmocka_unit_test_setup_teardown(test_sqlite_concurrent_first_open, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sqlite_locked, setup, teardown),
     };
     const struct CMUnitTest pg_tests[] = {
         STORE_TESTS,
