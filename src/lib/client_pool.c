@@ -68,9 +68,10 @@ void mb__pool_put(mb__conn *k)
         pthread_rwlock_unlock(&k->lock);
 }
 
-void mb__grave_put(mb__conn *k, natsSubscription *ns)
+void mb__grave_put(mb__conn *k, natsSubscription *ns, mb__grave **node)
 {
-    mb__grave *g = mb__malloc(sizeof *g);
+    mb__grave *g = *node ? *node : mb__malloc(sizeof *g);
+    *node = NULL;
     if (!g) {
         natsSubscription_Destroy(ns); /* the small risk of nats.c 3.4 rather than a leak */
         return;
