@@ -497,7 +497,6 @@ void mb__client_sub_unref(mb__sub *s)
     if (atomic_fetch_sub(&s->refs, 1) != 1)
         return;
     mb__js_sub_free(s->js);
-    mb__free(s->grave);
     mb__free(s->pattern);
     mb__free(s->queue);
     mb__free(s);
@@ -1022,10 +1021,9 @@ static mb_status subscribe(mb_client *c, const char *pattern, const char *queue_
     s->ctx = ctx;
     s->pattern = mb__strdup(pattern);
     s->queue = queue_group ? mb__strdup(queue_group) : NULL;
-    s->grave = mb__malloc(sizeof *s->grave);
     atomic_store(&s->refs, 1);
     atomic_store(&s->active, true);
-    if (!s->pattern || (queue_group && !s->queue) || !s->grave) {
+    if (!s->pattern || (queue_group && !s->queue)) {
         mb__client_sub_unref(s);
         return mb_err_set(err, MB_ENOMEM, "out of memory");
     }
@@ -1116,7 +1114,7 @@ mb_status mb_client_unsubscribe(mb_client *c, mb_sub_id id, mb_err *err)
     /* A subscription whose connection closed is gone anyway: not an error. */
     if (ns != NATS_OK && ns != NATS_CONNECTION_CLOSED && ns != NATS_INVALID_SUBSCRIPTION)
         st = mb__client_nats_err(ns, err, "unsubscribe");
-    mb__grave_put(&c->conns[s->conn], s->ns, &s->grave); /* destroyed after a round trip */
+    mb__grave_put(&c->conns[s->conn], s->ns); /* destroyed after a round trip */
     s->ns = NULL;
     mb__client_sub_unref(s);
     return st;

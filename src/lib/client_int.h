@@ -66,8 +66,7 @@ typedef struct mb__sub {
     /* One reference for the client's list, one for nats.c (dropped by the
      * subscription's on-complete callback), one per queued delivery. */
     _Atomic int refs;
-    struct mb__js_sub *js;   /* JetStream pull subscription (client_js.c); NULL: core */
-    struct mb__grave *grave; /* allocated with it: unsubscribing never allocates */
+    struct mb__js_sub *js; /* JetStream pull subscription (client_js.c); NULL: core */
 } mb__sub;
 
 /* Poll mode: one pending handler or listener call. */
@@ -220,17 +219,14 @@ void mb__pool_put(mb__conn *k);
  * players). So an unsubscribed subscription is kept, and destroyed once a
  * flush round trip on its connection has completed after it was kept: the
  * read loop handles the server's data in order, so it is then done with it.
- * mb__grave_put keeps one in *node, taken (allocated with the subscription,
- * so that unsubscribing does not depend on memory; when *node is NULL, as
- * for a JetStream subscription made again, one is allocated, and the
- * subscription is destroyed at once if that fails);
+ * mb__grave_put keeps one (destroys it at once when out of memory);
  * mb__grave_take removes the kept list, mb__grave_bury destroys a list,
  * mb__grave_return puts one back (its flush failed). */
 typedef struct mb__grave {
     struct mb__grave *next;
     natsSubscription *ns;
 } mb__grave;
-void mb__grave_put(mb__conn *k, natsSubscription *ns, mb__grave **node);
+void mb__grave_put(mb__conn *k, natsSubscription *ns);
 mb__grave *mb__grave_take(mb__conn *k);
 void mb__grave_bury(mb__grave *list);
 void mb__grave_return(mb__conn *k, mb__grave *list);

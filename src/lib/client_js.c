@@ -724,8 +724,7 @@ static void sub_release_nats(mb_client *c, mb__sub *s, bool unsubscribe, mb_err 
             mb__client_log(c, "unsubscribe %s: %s", s->pattern, natsStatus_GetText(ns));
         }
     }
-    mb__grave_put(&c->conns[s->conn], s->ns,
-                  &s->grave); /* destroyed after a round trip or at close */
+    mb__grave_put(&c->conns[s->conn], s->ns); /* destroyed after a round trip or at close */
     s->ns = NULL;
 }
 

@@ -68,10 +68,9 @@ void mb__pool_put(mb__conn *k)
         pthread_rwlock_unlock(&k->lock);
 }
 
-void mb__grave_put(mb__conn *k, natsSubscription *ns, mb__grave **node)
+void mb__grave_put(mb__conn *k, natsSubscription *ns)
 {
-    mb__grave *g = *node ? *node : mb__malloc(sizeof *g);
-    *node = NULL;
+    mb__grave *g = mb__malloc(sizeof *g);
     if (!g) {
         natsSubscription_Destroy(ns); /* the small risk of nats.c 3.4 rather than a leak */
         return;
