@@ -219,7 +219,8 @@ void mb__pool_put(mb__conn *k);
  * players). So an unsubscribed subscription is kept, and destroyed once a
  * flush round trip on its connection has completed after it was kept: the
  * read loop handles the server's data in order, so it is then done with it.
- * mb__grave_put keeps one (destroys it at once when out of memory);
+ * mb__grave_put keeps one (out of memory, it waits for a round trip itself
+ * and then destroys it);
  * mb__grave_take removes the kept list, mb__grave_bury destroys a list,
  * mb__grave_return puts one back (its flush failed). */
 typedef struct mb__grave {

@@ -72,7 +72,15 @@ void mb__grave_put(mb__conn *k, natsSubscription *ns)
 {
     mb__grave *g = mb__malloc(sizeof *g);
     if (!g) {
-        natsSubscription_Destroy(ns); /* the small risk of nats.c 3.4 rather than a leak */
+        /* Out of memory: wait here for what the graveyard waits for, one
+         * round trip on the connection (a closed one has no read loop left),
+         * then destroy it. Only a server frozen for the whole second leaves
+         * the small risk of nats.c 3.4, rather than a leak. */
+        pthread_rwlock_rdlock(&k->lock);
+        if (k->nc)
+            (void)natsConnection_FlushTimeout(k->nc, 1000);
+        pthread_rwlock_unlock(&k->lock);
+        natsSubscription_Destroy(ns);
         return;
     }
     g->ns = ns;
