@@ -335,10 +335,13 @@ static mb_status ensure_stream(mb__js *j, jsCtx *js, mb_err *err)
     } else if (s != NATS_OK) {
         snprintf(what, sizeof what, "cannot look up JetStream stream %s", j->stream);
         st = js_fail(err, s, jerr, what);
+    } else if (!si->Config) {
+        st = mb_err_set(err, MB_EIO, "JetStream stream %s: its info has no configuration",
+                        j->stream);
     } else {
         const char *missing[MB_CLIENT_MAX_CRITICAL];
         size_t nmiss = uncovered(j, si->Config, missing);
-        int have = si->Config ? si->Config->SubjectsLen : 0;
+        int have = si->Config->SubjectsLen;
         const char **all = nmiss ? mb__calloc((size_t)have + nmiss, sizeof *all) : NULL;
         if (nmiss && !all) {
             st = mb_err_set(err, MB_ENOMEM, "out of memory");
