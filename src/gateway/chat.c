@@ -168,6 +168,7 @@ typedef struct whisper_job {
     char *payload;
     size_t len;
     mb_status st;
+    bool captured; /* the answer was a JetStream publish ack */
     char err[MB_ERR_MSG_MAX];
     char message_id[65];
     char target[GW_TOKEN_MAX + 1];
@@ -191,9 +192,14 @@ static void whisper_run(gw_work *w)
                                   j->g->cfg->whisper_timeout_ms, &r, &err);
     }
     snprintf(j->err, sizeof j->err, "%s", err.msg);
-    /* The target's gateway answers whether a session of the player got it. */
-    if (j->st == MB_OK && !strstr(r->data, "\"delivered\":true"))
+    /* The target's gateway answers whether a session of the player got it.
+     * A JetStream publish ack ({"stream":..,"seq":..}) means a stream stores
+     * whispers and answered first: whether the target is online is then
+     * unknown (reported as offline, and loudly logged in whisper_done). */
+    if (j->st == MB_OK && !strstr(r->data, "\"delivered\":true")) {
+        j->captured = strstr(r->data, "\"stream\"") && strstr(r->data, "\"seq\"");
         j->st = MB_ENORESPONDERS;
+    }
     mb_client_reply_free(r);
 }
 
@@ -207,6 +213,21 @@ static void whisper_done(gw_work *w)
     whisper_job *j = (whisper_job *)w;
     gw_sess *s = j->s;
     gw *g = j->g;
+    if (j->captured) {
+        static uint64_t last_ms;
+        mb_counter_add(g->st.whispers_captured, 1);
+        uint64_t now = (uint64_t)gw_wall_ms();
+        if (last_ms == 0 || now - last_ms >= 60000) {
+            last_ms = now;
+            gw_log("warn",
+                   "event=whisper_captured_by_jetstream subject=%s detail=\"a JetStream "
+                   "stream stores chat.whisper.player.* and answers whisper requests, so "
+                   "whether the target is online cannot be told (the sender is told "
+                   "offline); take the subject out of that stream and out of every "
+                   "client's js_critical_subjects\"",
+                   j->subject);
+        }
+    }
     if (!j->w.cancelled && !s->closed) {
         if (j->st == MB_OK) {
             /* The sender's copy, marked echo. */

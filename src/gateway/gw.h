@@ -182,7 +182,8 @@ typedef struct gw_stats {
     mb_counter *drops, *oversize, *slow_closes, *conns_total, *auth_refused, *nats_in;
     mb_gauge *conns, *rooms, *subs, *queued_frames, *work_queue, *heap, *store_statements;
     mb_counter *accepted, *accept_deferred;
-    mb_histogram *loop_busy; /* each loop iteration's work, ns */
+    mb_counter *whispers_captured; /* answered by a JetStream stream, not a gateway */
+    mb_histogram *loop_busy;       /* each loop iteration's work, ns */
 } gw_stats;
 
 struct gw {

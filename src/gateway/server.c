@@ -957,7 +957,11 @@ static bool stats_create(gw *g)
            mb_metrics_counter(m, "mudbus_gateway_accept_deferred_total",
                               "Loop iterations that used their whole accept batch (the rest "
                               "waited in the backlog)",
-                              NULL, &st->accept_deferred, &err) == MB_OK;
+                              NULL, &st->accept_deferred, &err) == MB_OK &&
+           mb_metrics_counter(m, "mudbus_gateway_whispers_captured_total",
+                              "Whisper requests answered by a JetStream stream instead of a "
+                              "gateway (a stream stores chat.whisper.player.*: misconfigured)",
+                              NULL, &st->whispers_captured, &err) == MB_OK;
 }
 
 /* ---- run ---- */

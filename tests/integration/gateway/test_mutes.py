@@ -710,6 +710,41 @@ class MuteGatewayTests(GatewayTestCase):
                 self.assertEqual(rc, 2, bad.log_tail(10))
                 self.assertRegex(bad.log_tail(10), r"whisper")
 
+    async def test_whispers_captured_by_a_stream_are_reported(self):
+        """Misconfiguration: another client made a stream store chat.whisper.player.*. The stream
+        answers whisper requests before the target's gateway, so whether the target is online
+        cannot be told: the gateway counts it and says so in its log (once a minute)."""
+        nats = NatsServer("nats-wcap").start()
+        self.addCleanup(nats.stop)
+        pub = NatsPub(nats.url)
+        try:
+            reply = json.loads(await asyncio.to_thread(
+                pub.request, "$JS.API.STREAM.CREATE.WCAP",
+                {"name": "WCAP", "subjects": ["chat.whisper.player.*"], "storage": "memory"}))
+            self.assertNotIn("error", reply)
+        finally:
+            pub.close()
+        gw = Gateway("wcap", [nats.url]).start()
+        self.addCleanup(gw.stop)
+        a = await self.connect(gw, "Alice")
+        b = await self.connect(gw, "Bob")
+        # The stream's ack usually comes before the target gateway's answer; either may win.
+        refused = 0
+        for _ in range(3):
+            f = await a.cmd("whisper", target=b.player_id, content="psst %s" % uid())
+            if f.get("event_type") == "error":
+                self.assertEqual((f.get("data") or {}).get("code"), "invalid_target", brief(f))
+                refused += 1
+            else:
+                self.assertEqual(f.get("event_type"), "ack", brief(f))
+        self.assertGreaterEqual(refused, 1, "the stream never answered first")
+        log = gw.log_tail(40)
+        self.assertEqual(log.count("event=whisper_captured_by_jetstream"), 1, log)  # once a minute
+        self.assertIn("chat.whisper.player.%s" % b.player_id, log)
+        status, _, body = await ahttp(gw.port, "GET", "/metrics")
+        self.assertEqual(status, 200)
+        self.assertRegex(body.decode(), r"(?m)^mudbus_gateway_whispers_captured_total %d$" % refused)
+
     async def test_backend_none_turns_mutes_off(self):
         gw = Gateway("nostore", [shared_nats().url], instance_id="gw-nostore",
                      env=dict(RACE_ENV, MUDBUS_STORE_BACKEND="none")).start()
