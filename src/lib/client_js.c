@@ -299,9 +299,9 @@ static size_t uncovered(const mb__js *j, const jsStreamConfig *cfg, const char *
 }
 
 /* Create the stream, or check that it covers this client's critical subjects
- * and add those it lacks. Subjects are only ever added: clients with
- * different lists (a game server's, a gateway's) share one stream without
- * taking each other's subjects away. */
+ * and add those it lacks. Nothing a stream stores is ever taken away (a
+ * subject goes only for a wider one that covers it): clients with different
+ * lists (a game server's, a gateway's) share one stream. */
 static mb_status ensure_stream(mb__js *j, jsCtx *js, mb_err *err)
 {
     mb_client *c = j->c;
@@ -346,13 +346,23 @@ static mb_status ensure_stream(mb__js *j, jsCtx *js, mb_err *err)
         if (nmiss && !all) {
             st = mb_err_set(err, MB_ENOMEM, "out of memory");
         } else if (nmiss) {
-            for (int k = 0; k < have; k++)
-                all[k] = si->Config->Subjects[k];
+            /* A subject that a new one covers goes (the server refuses
+             * overlapping subjects in one stream); what it matched, the new
+             * one matches. */
+            size_t n = 0;
+            for (int k = 0; k < have; k++) {
+                const char *e = si->Config->Subjects[k];
+                bool wider = false;
+                for (size_t m = 0; e && m < nmiss && !wider; m++)
+                    wider = covers(missing[m], e);
+                if (e && !wider)
+                    all[n++] = e;
+            }
             for (size_t k = 0; k < nmiss; k++)
-                all[(size_t)have + k] = missing[k];
+                all[n++] = missing[k];
             jsStreamConfig cfg = *si->Config;
             cfg.Subjects = all;
-            cfg.SubjectsLen = have + (int)nmiss;
+            cfg.SubjectsLen = (int)n;
             jerr = 0;
             s = js_UpdateStream(NULL, js, &cfg, NULL, &jerr);
             snprintf(what, sizeof what, "cannot add %zu subjects to JetStream stream %s", nmiss,

@@ -308,6 +308,13 @@ static void test_stream_created_and_updated(void **state)
     assert_string_equal(
         subj, "chat.whisper.player.* chat.system mutes.changed.* chat.party.* events.game_tick");
 
+    /* A wider pattern replaces the subject it covers (the server refuses
+     * overlapping subjects in one stream). */
+    const char *const wider[] = {"events.>"};
+    stream_subjects_after(wider, 1, subj, sizeof subj);
+    assert_string_equal(subj,
+                        "chat.whisper.player.* chat.system mutes.changed.* chat.party.* events.>");
+
     /* What options make critical. */
     mb_client_opts o;
     js_opts(&o);
