@@ -1003,29 +1003,41 @@ static const unsigned char enc_class[256] = {
 
 /* Length of the leading run of v that is written as it is and tells the
  * rules nothing: printable ASCII other than '"' and '\\'. */
+#if defined(__SSE2__)
+/* Per byte of x: 0xFF for a byte that is not plain. Signed compares: bytes
+ * from 0x80 are negative, below the space too. */
+static inline __m128i not_plain(__m128i x)
+{
+    return _mm_or_si128(
+        _mm_or_si128(_mm_cmplt_epi8(x, _mm_set1_epi8(0x20)), _mm_cmpeq_epi8(x, _mm_set1_epi8('"'))),
+        _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('\\')),
+                     _mm_cmpeq_epi8(x, _mm_set1_epi8(0x7F))));
+}
+#endif
+
 static size_t plain_run(const char *v, size_t n)
 {
     size_t i = 0;
 #if defined(__SSE2__)
-    const __m128i space = _mm_set1_epi8(0x20), quote = _mm_set1_epi8('"');
-    const __m128i bslash = _mm_set1_epi8('\\'), del = _mm_set1_epi8(0x7F);
     for (; i + 16 <= n; i += 16) {
         __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(v + i));
-        /* Signed: bytes from 0x80 are negative, below the space too. */
-        __m128i bad = _mm_or_si128(_mm_or_si128(_mm_cmplt_epi8(x, space), _mm_cmpeq_epi8(x, quote)),
-                                   _mm_or_si128(_mm_cmpeq_epi8(x, bslash), _mm_cmpeq_epi8(x, del)));
-        unsigned m = (unsigned)_mm_movemask_epi8(bad);
+        unsigned m = (unsigned)_mm_movemask_epi8(not_plain(x));
         if (m != 0)
             return i + (size_t)__builtin_ctz(m);
     }
-    if (i < n && n >= 16) {
-        /* The last 16 bytes, overlapping: all plain, or go on byte by byte. */
-        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(v + n - 16));
-        __m128i bad = _mm_or_si128(_mm_or_si128(_mm_cmplt_epi8(x, space), _mm_cmpeq_epi8(x, quote)),
-                                   _mm_or_si128(_mm_cmpeq_epi8(x, bslash), _mm_cmpeq_epi8(x, del)));
-        if (_mm_movemask_epi8(bad) == 0)
-            return n;
-    }
+    /* The rest: the last 16 bytes (overlapping), or for 8..15 bytes the
+     * first and the last 8, in one vector. All plain, or go on byte by
+     * byte. */
+    __m128i x;
+    if (i < n && n >= 16)
+        x = _mm_loadu_si128((const __m128i *)(const void *)(v + n - 16));
+    else if (n >= 8)
+        x = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(const void *)v),
+                               _mm_loadl_epi64((const __m128i *)(const void *)(v + n - 8)));
+    else
+        x = _mm_set1_epi8(1); /* not plain: the byte loop decides */
+    if (i < n && _mm_movemask_epi8(not_plain(x)) == 0)
+        return n;
 #endif
     while (i < n && enc_class[(unsigned char)v[i]] <= E_PRINT)
         i++;
@@ -1087,8 +1099,8 @@ static const char field_keys[F_COUNT][KEY_SLOT + 1] = {
  * (it has to be decoded and checked) or a token with a byte outside the
  * charset (the refusal may be about UTF-8 further on). Otherwise true with
  * *st the rule's verdict; the field is written only when it is MB_OK. */
-static bool w_fast(writer *w, check_ctx *c, enum field fid, enum rule rule, const char *v, size_t n,
-                   mb_status *st)
+static MB__ALWAYS_INLINE bool w_fast(writer *w, check_ctx *c, enum field fid, enum rule rule,
+                                     const char *v, size_t n, mb_status *st)
 {
     /* Each byte takes at most 6 (\u00XX); the key slot, the closing quote
      * and the NUL. */
@@ -1098,12 +1110,12 @@ static bool w_fast(writer *w, check_ctx *c, enum field fid, enum rule rule, cons
     bool first = w->len <= 1; /* right after the brace: no comma */
     memcpy(o, field_keys[fid] + first, KEY_SLOT);
     o += field_names[fid].len + 5 - first;
-    mb__json_str s = {v, n, n, n, MB__JSTR_PLAIN};
+    unsigned flags = MB__JSTR_PLAIN;
     bool fine; /* the rule holds: check_rule need not run */
     if (rule == R_ID || rule == R_TOKEN || rule == R_SHORT_TOKEN) {
         if (!mb__bytes_all_token(v, n))
             return false;
-        memcpy(o, v, n);
+        mb__bytes_copy(o, v, n);
         o += n;
         fine = n != 0 && n <= (rule == R_TOKEN ? 128u : 64u);
     } else {
@@ -1122,20 +1134,25 @@ static bool w_fast(writer *w, check_ctx *c, enum field fid, enum rule rule, cons
                 *o++ = (char)ch;
                 break;
             case E_DEL:
-                s.flags |= MB__JSTR_CTRL;
+                flags |= MB__JSTR_CTRL;
                 *o++ = (char)ch;
                 break;
             case E_CTRL:
-                o = put_ctrl(o, ch, &s.flags);
+                o = put_ctrl(o, ch, &flags);
                 break;
             default:
                 return false;
             }
         }
         unsigned bad = rule == R_TEXT ? MB__JSTR_CTRL : MB__JSTR_CTRL | MB__JSTR_NLTAB;
-        fine = n != 0 && n <= (rule == R_TEXT ? 10000u : 64u) && !(s.flags & bad);
+        fine = n != 0 && n <= (rule == R_TEXT ? 10000u : 64u) && !(flags & bad);
     }
-    *st = fine ? MB_OK : check_rule(c, rule, field_names[fid].name, &s);
+    if (fine) {
+        *st = MB_OK;
+    } else {
+        mb__json_str s = {v, n, n, n, flags};
+        *st = check_rule(c, rule, field_names[fid].name, &s);
+    }
     if (*st == MB_OK) {
         *o++ = '"';
         w->len = (size_t)(o - w->buf);
@@ -1143,20 +1160,15 @@ static bool w_fast(writer *w, check_ctx *c, enum field fid, enum rule rule, cons
     return true;
 }
 
-/* Check and write `,"name":"value"` for a string field. */
-static mb_status w_field(writer *w, check_ctx *c, enum field fid, enum rule rule, const char *v,
-                         bool required)
+/* What w_field leaves to a call: a missing required field, and the
+ * two-pass path for what w_fast declines. */
+static mb_status w_field_slow(writer *w, check_ctx *c, enum field fid, enum rule rule,
+                              const char *v, size_t n)
 {
     const char *name = field_names[fid].name;
-    if (v == NULL) {
-        if (required)
-            return refuse(c, REASON_MISSING_FIELD, "%s: required field missing", name);
-        return MB_OK;
-    }
-    size_t n = strlen(v);
+    if (v == NULL)
+        return refuse(c, REASON_MISSING_FIELD, "%s: required field missing", name);
     mb_status st;
-    if (w_fast(w, c, fid, rule, v, n, &st))
-        return st;
     mb__json_str s;
     size_t bad_at = 0;
     if (mb__json_measure(v, n, &s, &bad_at) != MB_OK)
@@ -1169,6 +1181,20 @@ static mb_status w_field(writer *w, check_ctx *c, enum field fid, enum rule rule
     w_raw(w, "\":", 2);
     w_string(w, v, n);
     return MB_OK;
+}
+
+/* Check and write `,"name":"value"` for a string field. Inline: at each call
+ * the field and its rule are constants, and w_fast keeps only their path. */
+static MB__ALWAYS_INLINE mb_status w_field(writer *w, check_ctx *c, enum field fid, enum rule rule,
+                                           const char *v, bool required)
+{
+    if (v == NULL)
+        return required ? w_field_slow(w, c, fid, rule, NULL, 0) : MB_OK;
+    size_t n = strlen(v);
+    mb_status st;
+    if (w_fast(w, c, fid, rule, v, n, &st))
+        return st;
+    return w_field_slow(w, c, fid, rule, v, n);
 }
 
 /* `,"channel":"say"` ..., `,"speaker_kind":"player"` ...: the values of the

@@ -1661,6 +1661,67 @@ static void test_chat_encode(void **state)
     finish();
 }
 
+/* The encoder's fast paths take strings in pieces of 16, 8 and 4 bytes (ids
+ * and tokens checked in one vector, names and texts scanned for the bytes
+ * that need escaping): every length from 1 to 48, with a byte that changes
+ * the outcome at every position, must give what the byte-at-a-time path
+ * gives. */
+static void test_chat_encode_every_length_and_position(void **state)
+{
+    (void)state;
+    static const char *const special[] = {"\"", "\\", "\n", "\x7f", "\xc3\xa9", "\x01"};
+    static const char bad_token[] = {'.', ' ', '*', '>',    '/',    ':',    '@',
+                                     '[', '`', '{', '\x7f', '\x80', '\xff', '\t'};
+    char tok[64], text[64];
+    for (size_t n = 1; n <= 48; n++) {
+        for (size_t i = 0; i < n; i++)
+            tok[i] = "abcXYZ019_-"[i % 11];
+        tok[n] = '\0';
+        mb_chat_msg m = good_chat();
+        m.sender_id = tok;
+        CHAT_OK(DEF, &m);
+        for (size_t at = 0; at < n; at++) {
+            for (size_t b = 0; b < sizeof bad_token; b++) {
+                char saved = tok[at];
+                tok[at] = bad_token[b];
+                m = good_chat();
+                m.sender_id = tok;
+                CHAT_BAD(&m, MB_ESCHEMA, "sender_id");
+                m = good_chat();
+                m.room_id = tok;
+                CHAT_BAD(&m, MB_ESCHEMA, "room_id");
+                tok[at] = saved;
+            }
+        }
+        for (size_t at = 0; at < n; at++) {
+            for (size_t k = 0; k < sizeof special / sizeof special[0]; k++) {
+                size_t sl = strlen(special[k]);
+                if (at + sl > n)
+                    continue;
+                for (size_t i = 0; i < n; i++)
+                    text[i] = "Hello, world! "[i % 14];
+                memcpy(text + at, special[k], sl);
+                text[n] = '\0';
+                /* Texts take \n and \t but no other control character
+                 * (DEL is one); names take none. */
+                m = good_chat();
+                m.content = text;
+                if (k == 3 || k == 5)
+                    CHAT_BAD(&m, MB_ESCHEMA, "content");
+                else
+                    CHAT_OK(DEF, &m);
+                m = good_chat();
+                m.sender_name = text;
+                if (k <= 1 || k == 4)
+                    CHAT_OK(DEF, &m);
+                else
+                    CHAT_BAD(&m, MB_ESCHEMA, "sender_name");
+            }
+        }
+    }
+    finish();
+}
+
 static void test_chat_encode_invalid(void **state)
 {
     (void)state;
@@ -2023,6 +2084,7 @@ int main(void)
         T(test_create_options),
         T(test_metrics),
         T(test_chat_encode),
+        T(test_chat_encode_every_length_and_position),
         T(test_chat_encode_invalid),
         T(test_event_encode),
         T(test_event_encode_invalid),

@@ -226,6 +226,38 @@ static void test_build_hostile_values(void **state)
     assert_int_equal(check_str(r, buf, NULL, &why, NULL), MB_OK);
 }
 
+/* Values are checked 16, 8 or 4 bytes at a time: every length from 1 to 48
+ * with a byte outside the charset at every position is refused, naming that
+ * byte, and the value without it builds. */
+static void test_build_every_length_and_position(void **state)
+{
+    mb_subject_registry *r = *state;
+    static const char bad[] = {'.', ' ', '*',    '>',    '/',    ':',  '@',   '[',
+                               '`', '{', '\x7f', '\x80', '\xff', '\t', '\x01'};
+    char v[64], buf[MB_SUBJECT_MAX + 1], want[64];
+    for (size_t n = 1; n <= 48; n++) {
+        for (size_t i = 0; i < n; i++)
+            v[i] = "azAZ09_-"[i % 8];
+        v[n] = '\0';
+        mb_subject_reason why;
+        assert_int_equal(build1(r, "chat_say_room", "room_id", v, buf, &why, NULL), MB_OK);
+        assert_int_equal(strlen(buf), 14 + n);
+        for (size_t at = 0; at < n; at++) {
+            for (size_t b = 0; b < sizeof bad; b++) {
+                char saved = v[at];
+                v[at] = bad[b];
+                mb_err err = {0};
+                assert_int_equal(build1(r, "chat_say_room", "room_id", v, buf, &why, &err),
+                                 MB_ESUBJECT);
+                assert_int_equal(why, MB_SUBJECT_BAD_CHAR);
+                snprintf(want, sizeof want, "at byte %zu outside", at);
+                assert_non_null(strstr(err.msg, want));
+                v[at] = saved;
+            }
+        }
+    }
+}
+
 static void test_build_params(void **state)
 {
     mb_subject_registry *r = *state;
@@ -950,6 +982,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_builtin_patterns, setup, teardown),
         cmocka_unit_test(test_reason_names),
         cmocka_unit_test_setup_teardown(test_build_hostile_values, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_build_every_length_and_position, setup, teardown),
         cmocka_unit_test_setup_teardown(test_build_params, setup, teardown),
         cmocka_unit_test_setup_teardown(test_build_unknown_and_space, setup, teardown),
         cmocka_unit_test_setup_teardown(test_build_result_too_long, setup, teardown),
