@@ -379,11 +379,18 @@ int main(void)
     printf("client_raw_nats_msgs_per_sec_median %.0f\n", med[PH_RAW]);
     printf("client_mudbus_typed_msgs_per_sec_median %.0f\n", med[PH_TYPED]);
     printf("client_mudbus_bytes_msgs_per_sec_median %.0f\n", med[PH_BYTES]);
-    printf("client_ratio_typed_over_raw %.2f (median of per-run ratios %.2f; goal >= 0.8: %s)\n",
-           med[PH_TYPED] / med[PH_RAW], bu_median(ratio_b, (size_t)runs),
-           med[PH_TYPED] / med[PH_RAW] >= 0.8 ? "met" : "NOT met");
-    printf("client_ratio_bytes_over_raw %.2f (median of per-run ratios %.2f)\n",
-           med[PH_BYTES] / med[PH_RAW], bu_median(ratio_c, (size_t)runs));
+    /* The verdict reads the median of the per-run ratios: the two phases of
+     * a run are measured back to back, so their ratio cancels what the
+     * machine's speed does between runs (on a shared VM it moves by tens of
+     * percent); the ratio of the medians mixes rates of different runs and
+     * is printed next to it. */
+    double paired_b = bu_median(ratio_b, (size_t)runs);
+    printf("client_ratio_typed_over_raw %.2f (median of per-run ratios; ratio of the medians "
+           "%.2f; goal >= 0.8: %s)\n",
+           paired_b, med[PH_TYPED] / med[PH_RAW], paired_b >= 0.8 ? "met" : "NOT met");
+    printf("client_ratio_bytes_over_raw %.2f (median of per-run ratios; ratio of the medians "
+           "%.2f)\n",
+           bu_median(ratio_c, (size_t)runs), med[PH_BYTES] / med[PH_RAW]);
     printf("client_server_cpu_median raw %.0f%% typed %.0f%% bytes %.0f%% (of one core)\n",
            med_srv[PH_RAW] * 100, med_srv[PH_TYPED] * 100, med_srv[PH_BYTES] * 100);
     printf("client_client_cpu_median raw %.0f%% typed %.0f%% bytes %.0f%% (all threads)\n",

@@ -340,11 +340,14 @@ static double bench_storage(ctx *x, bool memory, int runs, long n)
         med_srv[p] = bu_median(srv_cpu[p], (size_t)runs);
         med_cli[p] = bu_median(cli_cpu[p], (size_t)runs);
     }
-    double ratio_med = med[PH_MUDBUS] / med[PH_RAW];
+    /* As in bench_client: the median of the per-run ratios (the phases of a
+     * run are back to back), with the ratio of the medians beside it. */
+    double ratio_med = bu_median(ratio, (size_t)runs);
     printf("js_%s_raw_msgs_per_sec_median %.0f\n", sname, med[PH_RAW]);
     printf("js_%s_mudbus_msgs_per_sec_median %.0f\n", sname, med[PH_MUDBUS]);
-    printf("js_%s_ratio_mudbus_over_raw %.2f (median of per-run ratios %.2f; goal >= 0.8: %s)\n",
-           sname, ratio_med, bu_median(ratio, (size_t)runs), ratio_med >= 0.8 ? "met" : "NOT met");
+    printf("js_%s_ratio_mudbus_over_raw %.2f (median of per-run ratios; ratio of the medians "
+           "%.2f; goal >= 0.8: %s)\n",
+           sname, ratio_med, med[PH_MUDBUS] / med[PH_RAW], ratio_med >= 0.8 ? "met" : "NOT met");
     printf("js_%s_server_cpu_median raw %.0f%% mudbus %.0f%% (of one core)\n", sname,
            med_srv[PH_RAW] * 100, med_srv[PH_MUDBUS] * 100);
     printf("js_%s_client_cpu_median raw %.0f%% mudbus %.0f%% (all threads)\n", sname,

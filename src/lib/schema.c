@@ -919,10 +919,10 @@ typedef struct writer {
     size_t len; /* bytes produced so far (may exceed cap: then only counted) */
 } writer;
 
-static void w_raw(writer *w, const char *p, size_t n)
+static inline void w_raw(writer *w, const char *p, size_t n)
 {
     if (w->len < w->cap && n < w->cap - w->len)
-        memcpy(w->buf + w->len, p, n);
+        mb__bytes_copy(w->buf + w->len, p, n);
     w->len += n;
 }
 
@@ -1120,7 +1120,7 @@ static MB__ALWAYS_INLINE bool w_fast(writer *w, check_ctx *c, enum field fid, en
         fine = n != 0 && n <= (rule == R_TOKEN ? 128u : 64u);
     } else {
         size_t i = plain_run(v, n);
-        memcpy(o, v, i);
+        mb__bytes_copy(o, v, i);
         o += i;
         for (; i < n; i++) {
             unsigned char ch = (unsigned char)v[i];
