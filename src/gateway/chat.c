@@ -207,6 +207,7 @@ static void chat_frame_data(gw_buf *b, const char *message_id, const char *chann
                             const char *sender_id, const char *sender_name, const char *content,
                             const char *line, const char *ts, const char *target_id,
                             const char *target_name, const char *speaker_kind);
+static void local_fan_out(gw *g, const char *subj, const mb_chat_msg *m, gw_chan ch);
 
 static void whisper_done(gw_work *w)
 {
@@ -439,6 +440,7 @@ static void chat_cmd(gw *g, gw_sess *s, const gw_cmd *c)
         start_whisper(g, s, c, &m, ch == GW_CH_SYSTEM);
         return;
     }
+    m.timestamp_ms = gw_wall_ms(); /* the same time here (local fan-out) and in the message */
     mb_publish_opts po = {.no_retry = true};
     mb_status st = mb_client_publish_chat(g->nats, subj, &m, &po, NULL, &err);
     gw_err_code code = publish_status(st);
@@ -451,6 +453,7 @@ static void chat_cmd(gw *g, gw_sess *s, const gw_cmd *c)
     }
     mb_counter_add(g->st.msgs_in[ch], 1);
     send_ack(g, s, c->id, mid);
+    local_fan_out(g, subj, &m, ch);
 }
 
 static void join_cmd(gw *g, gw_sess *s, const gw_cmd *c)
@@ -688,14 +691,22 @@ static void fan_out(gw *g, const mb_msg *m, fanout *fo)
     }
 }
 
-static void on_chat(gw *g, const mb_msg *m, json_t *o)
+/* What a chat frame and its fan-out take from a message. */
+typedef struct chat_fields {
+    const char *message_id, *channel, *sender_id, *sender_name, *content, *room_id, *timestamp,
+        *target_id, *target_name, *speaker_kind;
+} chat_fields;
+
+/* Deliver chat message cf, which came on m->subject (m->pattern), to the
+ * local players it is for. */
+static void chat_fan_out(gw *g, const mb_msg *m, const chat_fields *cf)
 {
-    const char *channel = jstr(o, "channel");
+    const char *channel = cf->channel;
     bool admin;
     gw_chan ch = chan_of(channel, &admin);
-    const char *sender_id = jstr(o, "sender_id"), *name = jstr(o, "sender_name");
-    const char *content = jstr(o, "content"), *mid = jstr(o, "message_id");
-    const char *room = jstr(o, "room_id");
+    const char *sender_id = cf->sender_id, *name = cf->sender_name;
+    const char *content = cf->content, *mid = cf->message_id;
+    const char *room = cf->room_id;
     bool whisper = strcmp(m->pattern, "chat_whisper_player") == 0;
     gw_buf line = {0};
     format_line(&line, ch, admin, whisper, name, content);
@@ -704,8 +715,7 @@ static void on_chat(gw *g, const mb_msg *m, json_t *o)
     for (int pass = 0; pass < 2; pass++) {
         gw_env_begin(b, "chat_message", gw_wall_ms(), room, NULL);
         chat_frame_data(b, mid, channel, sender_id, name, content, line.oom ? "" : line.p,
-                        jstr(o, "timestamp"), jstr(o, "target_id"), jstr(o, "target_name"),
-                        jstr(o, "speaker_kind"));
+                        cf->timestamp, cf->target_id, cf->target_name, cf->speaker_kind);
         open_len = b->len; /* before the data object's closing brace */
         gw_buf_puts(b, "}}");
         if (b->oom || open_len + 2 <= FRAME_BODY_MAX || pass == 1 || line.oom)
@@ -733,7 +743,7 @@ static void on_chat(gw *g, const mb_msg *m, json_t *o)
                  .sender_id = sender_id,
                  .sender_hash = sender_id ? gw_hash(sender_id) : 0,
                  .now_ms = gw_wall_ms(),
-                 .target_id = jstr(o, "target_id"),
+                 .target_id = cf->target_id,
                  .ch = ch,
                  .filtered = ch != GW_CH_SYSTEM && !admin};
     if (!b->oom)
@@ -754,6 +764,85 @@ static void on_chat(gw *g, const mb_msg *m, json_t *o)
     gw_frame_unref(fo.f);
     gw_frame_unref(fo.echo);
     gw_buf_free(&line);
+}
+
+static void on_chat(gw *g, const mb_msg *m, json_t *o)
+{
+    chat_fields cf = {.message_id = jstr(o, "message_id"),
+                      .channel = jstr(o, "channel"),
+                      .sender_id = jstr(o, "sender_id"),
+                      .sender_name = jstr(o, "sender_name"),
+                      .content = jstr(o, "content"),
+                      .room_id = jstr(o, "room_id"),
+                      .timestamp = jstr(o, "timestamp"),
+                      .target_id = jstr(o, "target_id"),
+                      .target_name = jstr(o, "target_name"),
+                      .speaker_kind = jstr(o, "speaker_kind")};
+    chat_fan_out(g, m, &cf);
+}
+
+/* The subject pattern of a channel that local fan-out serves, or NULL:
+ * whispers are requests that a target's gateway answers, and system
+ * messages go through JetStream, so both keep the way through NATS. */
+static const char *local_pattern(gw_chan ch)
+{
+    switch (ch) {
+    case GW_CH_SAY:
+        return "chat_say_room";
+    case GW_CH_EMOTE:
+        return "chat_emote_room";
+    case GW_CH_POSE:
+        return "chat_pose_room";
+    case GW_CH_LOCAL:
+        return "chat_local_subzone";
+    case GW_CH_GLOBAL:
+        return "chat_global";
+    case GW_CH_PARTY:
+        return "chat_party_group";
+    default:
+        return NULL;
+    }
+}
+
+/* Local fan-out: chat that a player here published goes to the players here
+ * at once, as the copy from NATS would (the same frame, filtering and echo),
+ * and its id is remembered so that the copy NATS brings back is dropped
+ * (gw_on_nats). Players on other gateways get it through NATS as before. */
+static void local_fan_out(gw *g, const char *subj, const mb_chat_msg *m, gw_chan ch)
+{
+    const char *pattern = local_pattern(ch);
+    if (!g->sent || !pattern)
+        return;
+    char ts[MB_TIMESTAMP_MAX];
+    mb_timestamp_format(m->timestamp_ms, ts);
+    chat_fields cf = {.message_id = m->message_id,
+                      .channel = gw_chan_names[ch],
+                      .sender_id = m->sender_id,
+                      .sender_name = m->sender_name,
+                      .content = m->content,
+                      .room_id = m->room_id,
+                      .timestamp = ts};
+    mb_msg lm = {.subject = subj, .pattern = pattern, .schema = MB_SCHEMA_CHAT};
+    if (gw_sent_add(g->sent, m->message_id))
+        mb_counter_add(g->st.sent_evicted, 1);
+    mb_counter_add(g->st.local_fanouts, 1);
+    chat_fan_out(g, &lm, &cf);
+}
+
+/* The message id of a payload that starts with it, as this gateway's
+ * encoder writes them; NULL otherwise (not a copy of ours). */
+static const char *leading_id(const mb_msg *m, size_t *len)
+{
+    static const char head[] = "{\"message_id\":\"";
+    size_t h = sizeof head - 1;
+    if (m->len <= h || memcmp(m->data, head, h) != 0)
+        return NULL;
+    const char *id = m->data + h;
+    const char *end = memchr(id, '"', m->len - h);
+    if (!end)
+        return NULL;
+    *len = (size_t)(end - id);
+    return id;
 }
 
 static void on_event(gw *g, const mb_msg *m, json_t *o)
@@ -789,6 +878,13 @@ mb_handled gw_on_nats(void *ctx, const mb_msg *m)
     mb_counter_add(g->st.nats_in, 1);
     if (m->pattern && strcmp(m->pattern, "mutes_changed") == 0) {
         gw_mutes_changed(g, last_token(m->subject)); /* the store has it: load again */
+        return MB_HANDLED_OK;
+    }
+    size_t idlen = 0;
+    const char *id;
+    if (g->sent && m->schema == MB_SCHEMA_CHAT && m->pattern &&
+        (id = leading_id(m, &idlen)) != NULL && gw_sent_take(g->sent, id, idlen)) {
+        mb_counter_add(g->st.echoes_dropped, 1); /* delivered here when published */
         return MB_HANDLED_OK;
     }
     json_error_t je;

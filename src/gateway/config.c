@@ -23,23 +23,13 @@
 #endif
 
 static const char *const sections[] = {"gateway", "nats", "auth", "limits", "store", NULL};
-static const char *const gateway_keys[] = {"listen",
-                                           "web_root",
-                                           "instance_id",
-                                           "start_room",
-                                           "max_connections",
-                                           "queue_max_msgs",
-                                           "queue_max_bytes",
-                                           "queue_hard_msgs",
-                                           "queue_hard_bytes",
-                                           "socket_sndbuf",
-                                           "whisper_timeout",
-                                           "drain_timeout",
-                                           "workers",
-                                           "port_file",
-                                           "start_room_presence",
-                                           "accept_batch",
-                                           NULL};
+static const char *const gateway_keys[] = {
+    "listen",          "web_root",        "instance_id",
+    "start_room",      "max_connections", "queue_max_msgs",
+    "queue_max_bytes", "queue_hard_msgs", "queue_hard_bytes",
+    "socket_sndbuf",   "whisper_timeout", "drain_timeout",
+    "workers",         "port_file",       "start_room_presence",
+    "accept_batch",    "local_fanout",    NULL};
 static const char *const auth_keys[] = {"jwt_secret", "jwt_secret_file", "dev_login",
                                         "dev_token_ttl", NULL};
 static const char *const store_keys[] = {"backend", "sqlite_path",    "postgres_url",
@@ -212,6 +202,10 @@ int gw_config_load(gw_config *c, int argc, char **argv, char **envp)
     if (mb_config_get_bool(cfg, "gateway", "start_room_presence", false, &srp, &err) != MB_OK)
         return fail("gateway", err.msg);
     c->start_room_presence = srp;
+    bool lf;
+    if (mb_config_get_bool(cfg, "gateway", "local_fanout", true, &lf, &err) != MB_OK)
+        return fail("gateway", err.msg);
+    c->local_fanout = lf;
     c->port_file =
         dup_or_null(port_file ? port_file : mb_config_get_str(cfg, "gateway", "port_file", NULL));
     uint64_t v, qmax, qhard;

@@ -32,6 +32,7 @@
 #include "mudbus/metrics.h"
 #include "protocol.h"
 #include "ratelimit.h"
+#include "sent.h"
 #include "store.h"
 
 struct lws;
@@ -67,6 +68,7 @@ typedef struct gw_config {
     char *instance_id;
     char *start_room;
     bool start_room_presence; /* announce arrivals and departures there */
+    bool local_fanout;        /* deliver our own players' chat at once (chat.c, sent.c) */
     uint32_t max_connections;
     uint32_t accept_batch; /* connections accepted per loop iteration at most */
     gw_outq_limits queue;
@@ -183,6 +185,9 @@ typedef struct gw_stats {
     mb_gauge *conns, *rooms, *subs, *queued_frames, *work_queue, *heap, *store_statements;
     mb_counter *accepted, *accept_deferred;
     mb_counter *whispers_captured; /* answered by a JetStream stream, not a gateway */
+    mb_counter *local_fanouts;     /* chat delivered here when published (local fan-out) */
+    mb_counter *echoes_dropped;    /* their copies back from NATS, not delivered again */
+    mb_counter *sent_evicted;      /* ids forgotten before their copy came back */
     mb_histogram *loop_busy;       /* each loop iteration's work, ns */
 } gw_stats;
 
@@ -232,6 +237,7 @@ struct gw {
     bool purge_busy;             /* a purge of expired mutes runs on a worker */
     uint64_t purge_next_ms;      /* when the next purge is due (loop clock) */
     uv_timer_t mute_timer;       /* a batch waits up to GW_MUTES_GATHER_MS to fill */
+    gw_sent *sent;               /* ids of chat delivered by local fan-out (sent.c) */
 };
 
 /* Bulk work on the loop (many sessions released at once) runs in slices of

@@ -961,7 +961,19 @@ static bool stats_create(gw *g)
            mb_metrics_counter(m, "mudbus_gateway_whispers_captured_total",
                               "Whisper requests answered by a JetStream stream instead of a "
                               "gateway (a stream stores chat.whisper.player.*: misconfigured)",
-                              NULL, &st->whispers_captured, &err) == MB_OK;
+                              NULL, &st->whispers_captured, &err) == MB_OK &&
+           mb_metrics_counter(m, "mudbus_gateway_local_fanouts_total",
+                              "Chat messages delivered to this gateway's players when published "
+                              "here, without waiting for NATS to bring them back",
+                              NULL, &st->local_fanouts, &err) == MB_OK &&
+           mb_metrics_counter(m, "mudbus_gateway_echoes_dropped_total",
+                              "Copies of locally delivered chat that NATS brought back, not "
+                              "delivered again",
+                              NULL, &st->echoes_dropped, &err) == MB_OK &&
+           mb_metrics_counter(m, "mudbus_gateway_sent_evicted_total",
+                              "Locally delivered chat ids forgotten before their copy came back "
+                              "from NATS (such a copy is delivered a second time)",
+                              NULL, &st->sent_evicted, &err) == MB_OK;
 }
 
 /* ---- run ---- */
@@ -1038,6 +1050,10 @@ int gw_server_run(gw_config *cfg)
             goto out_nats;
         }
         gw_log("info", "event=store_open backend=%s", gw_store_backend(g->store));
+    }
+    if (cfg->local_fanout && !(g->sent = gw_sent_new(GW_SENT_CAP))) {
+        gw_log("error", "event=start_failed what=memory");
+        goto out_nats;
     }
     if (!(g->work = gw_work_start(&g->loop, cfg->workers, 4096)) ||
         !(g->store_work = gw_work_start(&g->loop, cfg->workers, 4096))) {
@@ -1166,6 +1182,8 @@ out_handles:
     }
     gw_rooms_free(g);
 out_nats:
+    gw_sent_free(g->sent);
+    g->sent = NULL;
     gw_store_close(g->store);
     mb_client_destroy(g->nats);
 out_auth:

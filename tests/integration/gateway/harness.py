@@ -525,6 +525,26 @@ async def ahttp(port, method, path, body=None, headers=None, timeout=5.0):
     return await asyncio.to_thread(http_request, port, method, path, body, headers, timeout)
 
 
+async def metric(gw, name):
+    """The value of the unlabelled series `name` in the gateway's /metrics."""
+    st, _, body = await ahttp(gw.port, "GET", "/metrics")
+    assert st == 200, "GET /metrics: %s" % st
+    for ln in body.decode().splitlines():
+        if ln.startswith(name + " "):
+            return float(ln.split()[1])
+    raise AssertionError("%s missing from /metrics" % name)
+
+
+async def wait_metric(gw, name, at_least, timeout=TIMEOUT):
+    """Poll `name` until it reaches at_least or timeout passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = await metric(gw, name)
+        if v >= at_least or time.monotonic() > deadline:
+            return v
+        await asyncio.sleep(0.02)
+
+
 async def poll_http(port, path, want_status, timeout):
     """Poll until GET path returns want_status; returns (status, body) of the last try."""
     deadline = time.monotonic() + timeout * SCALE

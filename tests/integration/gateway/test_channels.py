@@ -2,9 +2,11 @@
 """Channels, recipients and formatted lines (PROTOCOL.md sections 3 and 4) on one gateway
 (plus gw-b for "everyone online"), join events, welcome, ping and sequence numbers."""
 
+import asyncio
 import unittest
 
-from harness import (QUIET, START_ROOM, GatewayTestCase, brief, gw_b, gw_main, uid, uniq_room)
+from harness import (QUIET, START_ROOM, Gateway, GatewayTestCase, brief, gw_b, gw_main, metric,
+                     shared, shared_nats, uid, uniq_room, wait_metric)
 
 
 ATTEMPTS = 40  # the race tests: attempts (each takes a few ms unless it fails)
@@ -265,6 +267,69 @@ class ChannelTests(GatewayTestCase):
             self.assertGreaterEqual(len(seqs), 8 if c is a else 6, "%s frames: %s" % (c.label, seqs))
             self.assertEqual(seqs, list(range(seqs[0], seqs[0] + len(seqs))),
                              "%s sequence numbers must grow by one per frame" % c.label)
+
+
+def gw_no_fanout():
+    """A gateway with [gateway] local_fanout = off: its own chat comes back through NATS."""
+    def make():
+        return Gateway("nofanout", [shared_nats().url], instance_id="gw-nofanout",
+                       config={"gateway": {"local_fanout": "off"}}).start()
+    return shared("gw-nofanout", make)
+
+
+class LocalFanoutTests(GatewayTestCase):
+    """Chat published by a player of this gateway goes to its players at once (local fan-out);
+    the copy NATS brings back is dropped, players on other gateways get it through NATS."""
+
+    def assertOnce(self, client, content):
+        got = client.matching("chat_message", content=content)
+        self.assertEqual(len(got), 1, "%s got %d copies of %r: %s" % (client.label, len(got), content,
+                                                                       [brief(f) for f in got]))
+
+    async def test_each_player_gets_one_copy_and_the_nats_copy_is_dropped(self):
+        gw, other = gw_main(), gw_b()
+        fan0 = await metric(gw, "mudbus_gateway_local_fanouts_total")
+        drop0 = await metric(gw, "mudbus_gateway_echoes_dropped_total")
+        room = uniq_room()
+        a = await self.connect(gw, "Alice", room=room)
+        b = await self.connect(gw, "Bob", room=room)
+        c = await self.connect(other, "Carol", room=room)  # the same room on another gateway
+        sent = []
+        for ch in ("say", "emote", "pose", "local", "global"):
+            content = "%s fan-out %s" % (ch, uid())
+            await a.ok(ch, content=content)
+            sent.append(content)
+        for content in sent:
+            fa, fb, fc = await a.chat(content), await b.chat(content), await c.chat(content)
+            self.assertEqual(fa["data"].get("echo"), True, brief(fa))
+            self.assertIn(fb["data"].get("echo"), (None, False), brief(fb))
+            self.assertEqual(fb["data"]["message_id"], fc["data"]["message_id"], "one message, one id")
+            self.assertEqual(fb["data"]["timestamp"], fc["data"]["timestamp"],
+                             "the local copy carries the published timestamp")
+            self.assertEqual(fb["data"]["message"], fc["data"]["message"], "the same formatted line")
+        # Every copy from NATS came back and was dropped; nobody got a second copy.
+        self.assertGreaterEqual(await wait_metric(gw, "mudbus_gateway_echoes_dropped_total", drop0 + 5),
+                                drop0 + 5, "the NATS copies of the 5 messages are dropped")
+        self.assertGreaterEqual(await metric(gw, "mudbus_gateway_local_fanouts_total"), fan0 + 5)
+        await asyncio.sleep(QUIET)
+        for content in sent:
+            for cl in (a, b, c):
+                self.assertOnce(cl, content)
+
+    async def test_off_delivers_through_nats(self):
+        gw = gw_no_fanout()
+        room = uniq_room()
+        a = await self.connect(gw, "Alice", room=room)
+        b = await self.connect(gw, "Bob", room=room)
+        content = "through NATS %s" % uid()
+        await a.ok("say", content=content)
+        await b.chat(content)
+        await a.chat(content, echo=True)
+        await asyncio.sleep(QUIET)
+        self.assertOnce(a, content)
+        self.assertOnce(b, content)
+        self.assertEqual(await metric(gw, "mudbus_gateway_local_fanouts_total"), 0)
+        self.assertEqual(await metric(gw, "mudbus_gateway_echoes_dropped_total"), 0)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import os
 import signal
 import unittest
 
-from harness import (SECRET, QUIET, Gateway, GatewayTestCase, ahttp, brief, gw_main, shared,
+from harness import (SECRET, QUIET, Gateway, GatewayTestCase, brief, gw_main, metric, shared,
                      shared_nats, uid, uniq_room)
 
 CFG_SECRET = b"config-file-secret-for-mudbus-tests-0123456789"
@@ -112,15 +112,6 @@ def gw_batch():
         gw.config = {"gateway": {"accept_batch": 2}}
         return gw.start()
     return shared("gw-batch", make)
-
-
-async def metric(gw, name):
-    st, _, body = await ahttp(gw.port, "GET", "/metrics")
-    assert st == 200, "GET /metrics: %s" % st
-    for ln in body.decode().splitlines():
-        if ln.startswith(name + " "):
-            return float(ln.split()[1])
-    raise AssertionError("%s missing from /metrics" % name)
 
 
 class AdmissionTests(GatewayTestCase):
