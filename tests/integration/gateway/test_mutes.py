@@ -678,6 +678,34 @@ class MuteGatewayTests(GatewayTestCase):
         finally:
             nats.close()
 
+    async def test_system_messages_are_kept_by_jetstream(self):
+        """An admin's system message to everyone goes out on chat.system, a critical subject:
+        the MUDBUS_CRITICAL stream keeps it, and the players still get it."""
+        x = await self.connect(gw_main(), "Admin", room=uniq_room(), adm=True)
+        a = await self.connect(gw_main(), "Alice", room=uniq_room())
+        content = "kept by the stream %s" % uid()
+        await x.ok("system", content=content)
+        await a.chat(content, channel="system")
+        nats = NatsPub(shared_nats().url)
+        try:
+            stored, reply = None, None
+            deadline = time.monotonic() + 5 * SCALE
+            while time.monotonic() < deadline:
+                reply = json.loads(await asyncio.to_thread(
+                    nats.request, "$JS.API.STREAM.MSG.GET.MUDBUS_CRITICAL", {"last_by_subj": "chat.system"}))
+                if "message" in reply and json.loads(base64.b64decode(reply["message"]["data"])).get(
+                        "content") == content:
+                    stored = reply["message"]
+                    break
+                await asyncio.sleep(0.05)
+            self.assertIsNotNone(stored, "the system message is not the stream's last on chat.system: %r" % reply)
+            m = json.loads(base64.b64decode(stored["data"]))
+            self.assertEqual(m["channel"], "system")
+            self.assertEqual(m["sender_id"], x.player_id)
+            self.assertEqual(m.get("speaker_kind"), "system")
+        finally:
+            nats.close()
+
     async def test_jetstream_settings_at_start(self):
         """Without JetStream on the server the gateway stops at start and says so (and how to do
         without it); with js = off it runs there. A critical pattern over whispers is refused:
