@@ -8,9 +8,11 @@
  *   at a time with SSE2 where the compiler targets it, one byte at a time
  *   otherwise. Nothing here reads a byte outside the [p, p + n) it is given:
  *   a tail shorter than 16 bytes is checked with the last 16 bytes of the
- *   string (overlapping) when there are that many, byte by byte otherwise.
- * - Equality, copy and hash of short strings a word at a time, without the
- *   call that memcmp and memcpy of a variable length cost.
+ *   string (overlapping) when there are that many; a string of 4..15 bytes
+ *   as its first and last 8 (or 4) bytes, overlapping, in one vector; below
+ *   4 bytes one byte at a time.
+ * - Equality, copy and hash of short strings a word (or a vector) at a time,
+ *   without the call that memcmp and memcpy of a variable length cost.
  *
  * Threads: no state; any thread.
  */
@@ -25,8 +27,8 @@
 #include <emmintrin.h>
 #endif
 
-/* Inline whatever the compiler thinks: for helpers of the publish path whose
- * callers pass constants that drop whole branches. */
+/* Inline even where the compiler's size heuristics would not: for helpers of
+ * the publish path whose callers pass constants that drop whole branches. */
 #define MB__ALWAYS_INLINE inline __attribute__((always_inline))
 
 static inline bool mb__bytes_is_token(unsigned char c)

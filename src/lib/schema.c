@@ -1001,8 +1001,6 @@ static const unsigned char enc_class[256] = {
 };
 /* clang-format on */
 
-/* Length of the leading run of v that is written as it is and tells the
- * rules nothing: printable ASCII other than '"' and '\\'. */
 #if defined(__SSE2__)
 /* Per byte of x: 0xFF for a byte that is not plain. Signed compares: bytes
  * from 0x80 are negative, below the space too. */
@@ -1015,6 +1013,8 @@ static inline __m128i not_plain(__m128i x)
 }
 #endif
 
+/* Length of the leading run of v that is written as it is and tells the
+ * rules nothing: printable ASCII other than '"' and '\\'. */
 static size_t plain_run(const char *v, size_t n)
 {
     size_t i = 0;
