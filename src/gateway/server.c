@@ -972,7 +972,7 @@ static bool stats_create(gw *g)
                               NULL, &st->echoes_dropped, &err) == MB_OK &&
            mb_metrics_counter(m, "mudbus_gateway_sent_evicted_total",
                               "Locally delivered chat ids forgotten before their copy came back "
-                              "from NATS (such a copy is delivered a second time)",
+                              "from NATS (a copy that still comes is delivered a second time)",
                               NULL, &st->sent_evicted, &err) == MB_OK;
 }
 
