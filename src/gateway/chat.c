@@ -207,7 +207,8 @@ static void chat_frame_data(gw_buf *b, const char *message_id, const char *chann
                             const char *sender_id, const char *sender_name, const char *content,
                             const char *line, const char *ts, const char *target_id,
                             const char *target_name, const char *speaker_kind);
-static void local_fan_out(gw *g, const char *subj, const mb_chat_msg *m, gw_chan ch);
+static void local_fan_out(gw *g, const char *subj, const char *pattern, const mb_chat_msg *m,
+                          gw_chan ch);
 
 static void whisper_done(gw_work *w)
 {
@@ -409,21 +410,31 @@ static void chat_cmd(gw *g, gw_sess *s, const gw_cmd *c)
                      .subzone = room ? subzone : NULL};
     mb_channel_parse(gw_chan_names[ch], strlen(gw_chan_names[ch]), &m.channel);
     char subj[300];
+    /* The subject's pattern, for the channels that local fan-out serves:
+     * whispers are requests that a target's gateway answers and system
+     * messages go through JetStream, so both keep the way through NATS. */
+    const char *pattern = NULL;
     switch (ch) {
     case GW_CH_SAY:
     case GW_CH_EMOTE:
     case GW_CH_POSE:
         snprintf(subj, sizeof subj, "chat.%s.room.%s", gw_chan_names[ch], room);
+        pattern = ch == GW_CH_SAY     ? "chat_say_room"
+                  : ch == GW_CH_EMOTE ? "chat_emote_room"
+                                      : "chat_pose_room";
         break;
     case GW_CH_LOCAL:
         snprintf(subj, sizeof subj, "chat.local.subzone.%s", subzone);
+        pattern = "chat_local_subzone";
         break;
     case GW_CH_GLOBAL:
         snprintf(subj, sizeof subj, "chat.global");
+        pattern = "chat_global";
         break;
     case GW_CH_PARTY:
         m.party_id = s->party->id;
         snprintf(subj, sizeof subj, "chat.party.group.%s", s->party->id);
+        pattern = "chat_party_group";
         break;
     case GW_CH_WHISPER:
     case GW_CH_SYSTEM:
@@ -453,7 +464,8 @@ static void chat_cmd(gw *g, gw_sess *s, const gw_cmd *c)
     }
     mb_counter_add(g->st.msgs_in[ch], 1);
     send_ack(g, s, c->id, mid);
-    local_fan_out(g, subj, &m, ch);
+    if (pattern)
+        local_fan_out(g, subj, pattern, &m, ch);
 }
 
 static void join_cmd(gw *g, gw_sess *s, const gw_cmd *c)
@@ -781,37 +793,14 @@ static void on_chat(gw *g, const mb_msg *m, json_t *o)
     chat_fan_out(g, m, &cf);
 }
 
-/* The subject pattern of a channel that local fan-out serves, or NULL:
- * whispers are requests that a target's gateway answers, and system
- * messages go through JetStream, so both keep the way through NATS. */
-static const char *local_pattern(gw_chan ch)
-{
-    switch (ch) {
-    case GW_CH_SAY:
-        return "chat_say_room";
-    case GW_CH_EMOTE:
-        return "chat_emote_room";
-    case GW_CH_POSE:
-        return "chat_pose_room";
-    case GW_CH_LOCAL:
-        return "chat_local_subzone";
-    case GW_CH_GLOBAL:
-        return "chat_global";
-    case GW_CH_PARTY:
-        return "chat_party_group";
-    default:
-        return NULL;
-    }
-}
-
 /* Local fan-out: chat that a player here published goes to the players here
  * at once, as the copy from NATS would (the same frame, filtering and echo),
  * and its id is remembered so that the copy NATS brings back is dropped
  * (gw_on_nats). Players on other gateways get it through NATS as before. */
-static void local_fan_out(gw *g, const char *subj, const mb_chat_msg *m, gw_chan ch)
+static void local_fan_out(gw *g, const char *subj, const char *pattern, const mb_chat_msg *m,
+                          gw_chan ch)
 {
-    const char *pattern = local_pattern(ch);
-    if (!g->sent || !pattern)
+    if (!g->sent)
         return;
     char ts[MB_TIMESTAMP_MAX];
     mb_timestamp_format(m->timestamp_ms, ts);

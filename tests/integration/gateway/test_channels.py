@@ -12,11 +12,14 @@ from harness import (QUIET, START_ROOM, Gateway, GatewayTestCase, brief, gw_b, g
 ATTEMPTS = 40  # the race tests: attempts (each takes a few ms unless it fails)
 
 
-class ChannelTests(GatewayTestCase):
+class OnceTestCase(GatewayTestCase):
     def assertOnce(self, client, content):
         got = client.matching("chat_message", content=content)
         self.assertEqual(len(got), 1, "%s got %d copies of %r: %s" % (client.label, len(got), content,
                                                                        [brief(f) for f in got]))
+
+
+class ChannelTests(OnceTestCase):
 
     def assertNoEcho(self, frame):
         self.assertIn((frame.get("data") or {}).get("echo"), (None, False),
@@ -277,14 +280,9 @@ def gw_no_fanout():
     return shared("gw-nofanout", make)
 
 
-class LocalFanoutTests(GatewayTestCase):
+class LocalFanoutTests(OnceTestCase):
     """Chat published by a player of this gateway goes to its players at once (local fan-out);
     the copy NATS brings back is dropped, players on other gateways get it through NATS."""
-
-    def assertOnce(self, client, content):
-        got = client.matching("chat_message", content=content)
-        self.assertEqual(len(got), 1, "%s got %d copies of %r: %s" % (client.label, len(got), content,
-                                                                       [brief(f) for f in got]))
 
     async def test_each_player_gets_one_copy_and_the_nats_copy_is_dropped(self):
         gw, other = gw_main(), gw_b()
