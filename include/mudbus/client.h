@@ -139,6 +139,12 @@ typedef struct mb_client_opts {
                                     * thread at once (natsOptions_SetSendAsap) instead of by
                                     * nats.c's flusher thread: lower latency, one write per
                                     * publish; default false */
+    bool no_echo;                  /* the server does not deliver a connection's own
+                                    * publishes to that connection's subscriptions
+                                    * (natsOptions_SetNoEcho). A publish and a subscription
+                                    * of this client meet on one connection only when
+                                    * pool_size is 1: with a larger pool some of the client's
+                                    * own messages still come back. Default false */
     size_t dispatch_queue_max;     /* poll mode: pending deliveries; default 65536; a delivery
                                     * that finds it full goes to the DLQ (MB_ELIMIT) */
     int sub_pending_msgs;          /* per subscription, in nats.c before the handler runs;

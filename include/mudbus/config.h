@@ -244,6 +244,9 @@ mb_status mb_config_get_list(const mb_config *cfg, const char *section, const ch
  * |                         | with a unit      | 1s..1h, whole seconds    |                    |
  * | breaker_half_open_calls | number           | 1..10000                 | 5                  |
  * | poll_mode               | bool             |                          | off                |
+ * | shared_delivery         | bool             |                          | off                |
+ * | send_asap               | bool             |                          | off                |
+ * | no_echo                 | bool             | (see mb_client_opts)     | off                |
  * | dispatch_queue_max      | number           | 1..16777216              | 65536              |
  * | sub_pending_msgs        | number           | 1..16777216              | 65536              |
  * | sub_pending_bytes       | size             | 1KiB..1GiB               | 64MiB              |

@@ -108,6 +108,19 @@ void gw_welcome(gw *g, gw_sess *s)
 
 /* ---- publishing ---- */
 
+static void event_fan_out(gw *g, const mb_msg *m, const char *type, const char *room,
+                          const char *player_id, const char *data, size_t len, gw_sess *skip);
+
+/* Local fan-out: remember the id of a message delivered here when published,
+ * so that a copy NATS brings back is dropped (gw_on_nats). There is no set
+ * when nothing can come back (no_echo on the gateway's one connection). */
+static void remember_sent(gw *g, const char *message_id)
+{
+    if (g->sent && gw_sent_add(g->sent, message_id))
+        mb_counter_add(g->st.sent_evicted, 1);
+    mb_counter_add(g->st.local_fanouts, 1);
+}
+
 void gw_publish_presence(gw *g, gw_sess *s, const char *event, const char *room_id)
 {
     /* The start room may be a quiet lobby: with thousands arriving at once,
@@ -126,7 +139,12 @@ void gw_publish_presence(gw *g, gw_sess *s, const char *event, const char *room_
         gw_buf_free(&data);
         return;
     }
-    mb_event_msg ev = {.event_type = event,
+    /* With local fan-out the id is ours, to know the copy NATS may bring
+     * back (gw_on_nats). */
+    char mid[65];
+    bool local = g->cfg->local_fanout && mb_message_id_generate(mid, NULL) == MB_OK;
+    mb_event_msg ev = {.message_id = local ? mid : NULL,
+                       .event_type = event,
                        .event_data = data.p,
                        .event_data_len = data.len,
                        .room_id = room_id,
@@ -136,8 +154,16 @@ void gw_publish_presence(gw *g, gw_sess *s, const char *event, const char *room_
     char subj[300];
     snprintf(subj, sizeof subj, "events.%s.%s", event, room_id);
     mb_err err = {0};
-    if (mb_client_publish_event(g->nats, subj, &ev, NULL, NULL, &err) != MB_OK)
+    if (mb_client_publish_event(g->nats, subj, &ev, NULL, NULL, &err) != MB_OK) {
         gw_log("warn", "event=presence_publish_failed subject=%s error=\"%s\"", subj, err.msg);
+    } else if (local) {
+        /* A player who leaves is not told of it (on NATS's way they are
+         * gone by the time it comes back). */
+        mb_msg lm = {.subject = subj, .schema = MB_SCHEMA_EVENT};
+        remember_sent(g, mid);
+        event_fan_out(g, &lm, event, room_id, s->pe->id, data.p, data.len,
+                      strcmp(event, "player_left") == 0 ? s : NULL);
+    }
     gw_buf_free(&data);
 }
 
@@ -210,6 +236,29 @@ static void chat_frame_data(gw_buf *b, const char *message_id, const char *chann
 static void local_fan_out(gw *g, const char *subj, const char *pattern, const mb_chat_msg *m,
                           gw_chan ch);
 
+/* A whisper reached its target: the sender's copy, marked echo (not for an
+ * admin's system message), and the ack. */
+static void whisper_ok(gw *g, gw_sess *s, const char *cmd_id, const char *message_id,
+                       const char *target, const char *content, bool system, int64_t ts_ms)
+{
+    if (!system) {
+        gw_buf *b = &g->scratch;
+        gw_buf msg = {0};
+        gw_buf_puts(&msg, s->pe->name);
+        gw_buf_puts(&msg, " whispers: ");
+        gw_buf_puts(&msg, content);
+        char ts[MB_TIMESTAMP_MAX];
+        mb_timestamp_format(ts_ms, ts);
+        gw_env_begin(b, "chat_message", gw_wall_ms(), NULL, NULL);
+        chat_frame_data(b, message_id, "whisper", s->pe->id, s->pe->name, content,
+                        msg.oom ? "" : msg.p, ts, target, NULL, NULL);
+        gw_buf_puts(b, ",\"echo\":true}}");
+        gw_buf_free(&msg);
+        gw_send_scratch(s, GW_CRITICAL);
+    }
+    send_ack(g, s, cmd_id, message_id);
+}
+
 static void whisper_done(gw_work *w)
 {
     whisper_job *j = (whisper_job *)w;
@@ -232,23 +281,7 @@ static void whisper_done(gw_work *w)
     }
     if (!j->w.cancelled && !s->closed) {
         if (j->st == MB_OK) {
-            /* The sender's copy, marked echo. */
-            gw_buf *b = &g->scratch;
-            if (!j->system) {
-                gw_buf msg = {0};
-                gw_buf_puts(&msg, s->pe->name);
-                gw_buf_puts(&msg, " whispers: ");
-                gw_buf_puts(&msg, j->content);
-                char ts[40];
-                mb_timestamp_format(gw_wall_ms(), ts);
-                gw_env_begin(b, "chat_message", gw_wall_ms(), NULL, NULL);
-                chat_frame_data(b, j->message_id, "whisper", s->pe->id, s->pe->name, j->content,
-                                msg.oom ? "" : msg.p, ts, j->target, NULL, NULL);
-                gw_buf_puts(b, ",\"echo\":true}}");
-                gw_buf_free(&msg);
-                gw_send_scratch(s, GW_CRITICAL);
-            }
-            send_ack(g, s, j->id, j->message_id);
+            whisper_ok(g, s, j->id, j->message_id, j->target, j->content, j->system, gw_wall_ms());
         } else if (j->st == MB_ENORESPONDERS) {
             char m[GW_ERR_MSG_MAX];
             snprintf(m, sizeof m, "%s is not online", j->target);
@@ -346,6 +379,48 @@ static gw_chan cmd_chan(gw_cmd_type t)
     }
 }
 
+/* Publish a player's chat line; false (the sender told why) when it was
+ * not sent. */
+static bool publish_chat(gw *g, gw_sess *s, const gw_cmd *c, const char *subj, mb_chat_msg *m,
+                         gw_chan ch)
+{
+    m->timestamp_ms = gw_wall_ms(); /* the same time here (local fan-out) and in the message */
+    mb_publish_opts po = {.no_retry = true};
+    mb_err err = {0};
+    mb_status st = mb_client_publish_chat(g->nats, subj, m, &po, NULL, &err);
+    gw_err_code code = publish_status(st);
+    if (code != GW_ERR_NONE) {
+        gw_send_error(g, s, c->id, code,
+                      code == GW_ERR_UNAVAILABLE ? "chat is unavailable (NATS): nothing was sent"
+                                                 : err.msg,
+                      0);
+        return false;
+    }
+    mb_counter_add(g->st.msgs_in[ch], 1);
+    return true;
+}
+
+/* A whisper (or an admin's system message to one player) whose target is
+ * connected here: published without a request (for game servers that listen,
+ * and for the target's sessions on other gateways), delivered here at once,
+ * then the sender's echo and ack. A request would be answered by this very
+ * gateway, and with no_echo it never reaches it. False when the target is
+ * not here: the request goes out (start_whisper). */
+static bool local_whisper(gw *g, gw_sess *s, const gw_cmd *c, mb_chat_msg *m, gw_chan ch)
+{
+    gw_pent *pe = gw_player_find(g, c->target);
+    if (!pe || !pe->n)
+        return false;
+    char subj[300];
+    snprintf(subj, sizeof subj, "chat.whisper.player.%s", c->target);
+    if (!publish_chat(g, s, c, subj, m, ch))
+        return true;
+    local_fan_out(g, subj, "chat_whisper_player", m, ch);
+    whisper_ok(g, s, c->id, m->message_id, c->target, c->content, ch == GW_CH_SYSTEM,
+               m->timestamp_ms);
+    return true;
+}
+
 static void chat_cmd(gw *g, gw_sess *s, const gw_cmd *c)
 {
     gw_chan ch = cmd_chan(c->type);
@@ -410,9 +485,9 @@ static void chat_cmd(gw *g, gw_sess *s, const gw_cmd *c)
                      .subzone = room ? subzone : NULL};
     mb_channel_parse(gw_chan_names[ch], strlen(gw_chan_names[ch]), &m.channel);
     char subj[300];
-    /* The subject's pattern, for the channels that local fan-out serves:
-     * whispers are requests that a target's gateway answers and system
-     * messages go through JetStream, so both keep the way through NATS. */
+    /* The subject's pattern, for local fan-out. Whispers (and system
+     * messages to one player) are requests that the target's gateway
+     * answers: when the target is here, local_whisper serves them. */
     const char *pattern = NULL;
     switch (ch) {
     case GW_CH_SAY:
@@ -442,27 +517,20 @@ static void chat_cmd(gw *g, gw_sess *s, const gw_cmd *c)
         if (ch == GW_CH_SYSTEM && !c->target) {
             m.speaker_kind = MB_SPEAKER_SYSTEM;
             snprintf(subj, sizeof subj, "chat.system");
+            pattern = "chat_system";
             break;
         }
         m.target_id = c->target;
         if (ch == GW_CH_SYSTEM)
             m.speaker_kind = MB_SPEAKER_SYSTEM;
+        if (g->cfg->local_fanout && local_whisper(g, s, c, &m, ch))
+            return;
         mb_counter_add(g->st.msgs_in[ch], 1);
         start_whisper(g, s, c, &m, ch == GW_CH_SYSTEM);
         return;
     }
-    m.timestamp_ms = gw_wall_ms(); /* the same time here (local fan-out) and in the message */
-    mb_publish_opts po = {.no_retry = true};
-    mb_status st = mb_client_publish_chat(g->nats, subj, &m, &po, NULL, &err);
-    gw_err_code code = publish_status(st);
-    if (code != GW_ERR_NONE) {
-        gw_send_error(g, s, c->id, code,
-                      code == GW_ERR_UNAVAILABLE ? "chat is unavailable (NATS): nothing was sent"
-                                                 : err.msg,
-                      0);
+    if (!publish_chat(g, s, c, subj, &m, ch))
         return;
-    }
-    mb_counter_add(g->st.msgs_in[ch], 1);
     send_ack(g, s, c->id, mid);
     if (pattern)
         local_fan_out(g, subj, pattern, &m, ch);
@@ -622,6 +690,7 @@ typedef struct fanout {
     uint32_t sender_hash;
     int64_t now_ms;        /* mutes expire by the wall clock */
     const char *target_id; /* chat.system for one player */
+    gw_sess *skip;         /* not delivered to (a player leaving) */
     gw_chan ch;
     bool filtered; /* receiver-side filtering applies */
     bool event;    /* a game event (metrics) */
@@ -651,7 +720,7 @@ void gw_deliver(gw *g, gw_sess *s, gw_frame *f, const char *sender, uint32_t sen
 
 static void deliver(fanout *fo, gw_sess *s)
 {
-    if (s->closed || s->closing)
+    if (s->closed || s->closing || s == fo->skip)
         return;
     bool own = fo->sender_id && strcmp(s->pe->id, fo->sender_id) == 0;
     gw_deliver(fo->g, s, own && fo->echo ? fo->echo : fo->f, fo->sender_id, fo->sender_hash, fo->ch,
@@ -800,7 +869,7 @@ static void on_chat(gw *g, const mb_msg *m, json_t *o)
 static void local_fan_out(gw *g, const char *subj, const char *pattern, const mb_chat_msg *m,
                           gw_chan ch)
 {
-    if (!g->sent)
+    if (!g->cfg->local_fanout)
         return;
     char ts[MB_TIMESTAMP_MAX];
     mb_timestamp_format(m->timestamp_ms, ts);
@@ -810,11 +879,11 @@ static void local_fan_out(gw *g, const char *subj, const char *pattern, const mb
                       .sender_name = m->sender_name,
                       .content = m->content,
                       .room_id = m->room_id,
-                      .timestamp = ts};
+                      .timestamp = ts,
+                      .target_id = m->target_id,
+                      .speaker_kind = m->speaker_kind == MB_SPEAKER_SYSTEM ? "system" : NULL};
     mb_msg lm = {.subject = subj, .pattern = pattern, .schema = MB_SCHEMA_CHAT};
-    if (gw_sent_add(g->sent, m->message_id))
-        mb_counter_add(g->st.sent_evicted, 1);
-    mb_counter_add(g->st.local_fanouts, 1);
+    remember_sent(g, m->message_id);
     chat_fan_out(g, &lm, &cf);
 }
 
@@ -834,6 +903,27 @@ static const char *leading_id(const mb_msg *m, size_t *len)
     return id;
 }
 
+/* Deliver game event `type` (event_data `data`, JSON), which came on
+ * m->subject, to the local players it is for, except `skip`. */
+static void event_fan_out(gw *g, const mb_msg *m, const char *type, const char *room,
+                          const char *player_id, const char *data, size_t len, gw_sess *skip)
+{
+    gw_buf *b = &g->scratch;
+    gw_env_begin(b, type, gw_wall_ms(), room, player_id);
+    gw_buf_put(b, data, len);
+    gw_buf_put(b, "}", 1);
+    if (!b->oom && b->len > FRAME_BODY_MAX) {
+        mb_counter_add(g->st.oversize, 1);
+        gw_log("warn", "event=event_too_large_for_a_frame subject=%s bytes=%zu", m->subject,
+               b->len);
+        return;
+    }
+    fanout fo = {.g = g, .ch = GW_CH_SAY, .event = true, .skip = skip};
+    if (!b->oom && (fo.f = gw_frame_new(b->p, b->len, GW_AMBIENT)))
+        fan_out(g, m, &fo);
+    gw_frame_unref(fo.f);
+}
+
 static void on_event(gw *g, const mb_msg *m, json_t *o)
 {
     const char *type = jstr(o, "event_type");
@@ -843,22 +933,8 @@ static void on_event(gw *g, const mb_msg *m, json_t *o)
         free(dtext);
         return;
     }
-    const char *room = jstr(o, "room_id");
-    gw_buf *b = &g->scratch;
-    gw_env_begin(b, type, gw_wall_ms(), room, jstr(o, "player_id"));
-    gw_buf_puts(b, dtext);
-    gw_buf_put(b, "}", 1);
+    event_fan_out(g, m, type, jstr(o, "room_id"), jstr(o, "player_id"), dtext, strlen(dtext), NULL);
     free(dtext);
-    if (!b->oom && b->len > FRAME_BODY_MAX) {
-        mb_counter_add(g->st.oversize, 1);
-        gw_log("warn", "event=event_too_large_for_a_frame subject=%s bytes=%zu", m->subject,
-               b->len);
-        return;
-    }
-    fanout fo = {.g = g, .sender_id = NULL, .ch = GW_CH_SAY, .filtered = false, .event = true};
-    if (!b->oom && (fo.f = gw_frame_new(b->p, b->len, GW_AMBIENT)))
-        fan_out(g, m, &fo);
-    gw_frame_unref(fo.f);
 }
 
 mb_handled gw_on_nats(void *ctx, const mb_msg *m)
@@ -871,7 +947,7 @@ mb_handled gw_on_nats(void *ctx, const mb_msg *m)
     }
     size_t idlen = 0;
     const char *id;
-    if (g->sent && m->schema == MB_SCHEMA_CHAT && m->pattern &&
+    if (g->sent && (m->schema == MB_SCHEMA_CHAT || m->schema == MB_SCHEMA_EVENT) && m->pattern &&
         (id = leading_id(m, &idlen)) != NULL && gw_sent_take(g->sent, id, idlen)) {
         mb_counter_add(g->st.echoes_dropped, 1); /* delivered here when published */
         return MB_HANDLED_OK;

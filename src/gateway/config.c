@@ -344,12 +344,20 @@ int gw_config_load(gw_config *c, int argc, char **argv, char **envp)
      * requests answered by the target's gateway ("no responders" means
      * offline): a stream on their subject would answer them instead. */
     mb_client_opts_default(&c->nats);
+    /* Local fan-out delivers what the gateway publishes to its own players
+     * at once: the server need not send it back (no_echo). With one
+     * connection its publishes and subscriptions meet there and nothing comes
+     * back; with a larger pool what does is dropped by id (chat.c). */
+    c->nats.pool_size = 1;
+    c->nats.no_echo = true;
     c->nats.js.enabled = true;
     c->nats.js.critical_subjects[0] = "chat.system";
     c->nats.js.critical_subjects[1] = "mutes.changed.*";
     c->nats.js.ncritical = 2;
     if (mb_client_opts_from_config(cfg, "nats", &c->nats, &err) != MB_OK)
         return fail("nats", err.msg);
+    if (!c->local_fanout)
+        c->nats.no_echo = false; /* its own players get its messages from NATS */
     if (mb_client_opts_critical(&c->nats, "chat.whisper.player.x"))
         return fail("nats", "js_critical_subjects: whispers are NATS requests answered by the "
                             "target's gateway; a JetStream stream on chat.whisper.player.* "

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * sent.h - the message ids of chat that this gateway delivered to its own
- * players when it published it (local fan-out), until NATS brings each
- * message back and the copy is dropped instead of delivered twice.
+ * sent.h - the message ids of what this gateway delivered to its own players
+ * when it published it (local fan-out: chat, presence events), until NATS
+ * brings each message back and the copy is dropped instead of delivered
+ * twice. Only when copies can come back: not with no_echo on the gateway's
+ * one NATS connection (its default).
  *
  * A bounded set: at most `cap` ids are remembered, the oldest forgotten first
  * (that is counted: its copy, should it still come, is delivered again). Ids

@@ -963,16 +963,16 @@ static bool stats_create(gw *g)
                               "gateway (a stream stores chat.whisper.player.*: misconfigured)",
                               NULL, &st->whispers_captured, &err) == MB_OK &&
            mb_metrics_counter(m, "mudbus_gateway_local_fanouts_total",
-                              "Chat messages delivered to this gateway's players when published "
-                              "here, without waiting for NATS to bring them back",
+                              "Chat messages and presence events delivered to this gateway's "
+                              "players when published here, without waiting for NATS",
                               NULL, &st->local_fanouts, &err) == MB_OK &&
            mb_metrics_counter(m, "mudbus_gateway_echoes_dropped_total",
-                              "Copies of locally delivered chat that NATS brought back, not "
-                              "delivered again",
+                              "Copies of locally delivered messages that NATS brought back (on "
+                              "another pool connection than the publish), not delivered again",
                               NULL, &st->echoes_dropped, &err) == MB_OK &&
            mb_metrics_counter(m, "mudbus_gateway_sent_evicted_total",
-                              "Locally delivered chat ids forgotten before their copy came back "
-                              "from NATS (a copy that still comes is delivered a second time)",
+                              "Ids of locally delivered messages forgotten before a copy came "
+                              "back from NATS (one that still comes is delivered a second time)",
                               NULL, &st->sent_evicted, &err) == MB_OK;
 }
 
@@ -1051,7 +1051,10 @@ int gw_server_run(gw_config *cfg)
         }
         gw_log("info", "event=store_open backend=%s", gw_store_backend(g->store));
     }
-    if (cfg->local_fanout && !(g->sent = gw_sent_new(GW_SENT_CAP))) {
+    /* Copies of what local fan-out delivered come back from NATS unless
+     * no_echo holds on the one connection: then there is nothing to drop. */
+    bool echoes = !cfg->nats.no_echo || cfg->nats.pool_size > 1;
+    if (cfg->local_fanout && echoes && !(g->sent = gw_sent_new(GW_SENT_CAP))) {
         gw_log("error", "event=start_failed what=memory");
         goto out_nats;
     }

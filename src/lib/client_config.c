@@ -61,6 +61,7 @@ static const char *const client_keys[] = {"servers",
                                           "poll_mode",
                                           "shared_delivery",
                                           "send_asap",
+                                          "no_echo",
                                           "dispatch_queue_max",
                                           "sub_pending_msgs",
                                           "sub_pending_bytes",
@@ -481,6 +482,7 @@ mb_status mb_client_opts_from_config(const mb_config *cfg, const char *section,
     if ((st = flag(&a, "poll_mode", &t.poll_mode)) != MB_OK ||
         (st = flag(&a, "shared_delivery", &t.shared_delivery)) != MB_OK ||
         (st = flag(&a, "send_asap", &t.send_asap)) != MB_OK ||
+        (st = flag(&a, "no_echo", &t.no_echo)) != MB_OK ||
         (st = num_size(&a, "dispatch_queue_max", 1, QUEUE_MAX, &t.dispatch_queue_max)) != MB_OK ||
         (st = num_int(&a, "sub_pending_msgs", 1, QUEUE_MAX, &t.sub_pending_msgs, false)) != MB_OK ||
         (st = num_int(&a, "sub_pending_bytes", UINT64_C(1) << 10, UINT64_C(1) << 30,

@@ -198,6 +198,8 @@ static mb_status build_opts(mb_client *c, mb__conn *k, natsOptions **out, mb_err
         NC_TRY(natsOptions_SetUserCredentialsFromFiles(no, o->auth.creds_file, NULL), "creds_file");
     if (o->send_asap)
         NC_TRY(natsOptions_SetSendAsap(no, true), "send_asap");
+    if (o->no_echo)
+        NC_TRY(natsOptions_SetNoEcho(no, true), "no_echo");
     if (o->shared_delivery)
         NC_TRY(natsOptions_UseGlobalMessageDelivery(no, true), "shared_delivery");
     mb__events_set_callbacks(k, no);

@@ -396,6 +396,63 @@ static void test_request_reply(void **state)
     assert_int_equal(mb_client_respond(F.c, &m, "x", 1, NULL), MB_EINVAL);
 }
 
+/* no_echo with one connection: the client's own publishes do not come back
+ * to its own subscriptions, another client's do, and the other client gets
+ * everything. Without no_echo the same client hears itself. */
+static void test_no_echo(void **state)
+{
+    (void)state;
+    start_server(NULL);
+    mb_client_opts o;
+    base_opts(&o, natsrv_url(F.srv));
+    o.pool_size = 1;
+    o.no_echo = true;
+    create_client(&o);
+    mb_client_opts o2;
+    base_opts(&o2, natsrv_url(F.srv));
+    o2.name = "other";
+    mb_client *other = NULL;
+    assert_int_equal(mb_client_create(&o2, &other, NULL), MB_OK);
+    rec self, peer;
+    rec_init(&self);
+    rec_init(&peer);
+    assert_int_equal(
+        mb_client_subscribe(F.c, "events.game_tick", NULL, rec_handler, &self, NULL, NULL), MB_OK);
+    assert_int_equal(
+        mb_client_subscribe(other, "events.game_tick", NULL, rec_handler, &peer, NULL, NULL),
+        MB_OK);
+    assert_int_equal(mb_client_flush(F.c, 2000, NULL), MB_OK);
+    assert_int_equal(mb_client_flush(other, 2000, NULL), MB_OK);
+    for (int i = 1; i <= 10; i++)
+        assert_int_equal(pub_event("events.game_tick", i, NULL, NULL), MB_OK);
+    assert_true(wait_count(&peer.count, 10, 5000));
+    char buf[256];
+    event_json(buf, sizeof buf, 11);
+    assert_int_equal(
+        mb_client_publish(other, "events.game_tick", buf, strlen(buf), NULL, NULL, NULL), MB_OK);
+    /* The other client's message is the barrier: it was published after
+     * ours on a connection of its own, so ours would have arrived first. */
+    assert_true(wait_count(&self.count, 1, 5000));
+    assert_true(wait_count(&peer.count, 11, 5000));
+    sleep_ms(50);
+    assert_int_equal(atomic_load(&self.count), 1);
+    assert_int_equal(self.seq[0], 11);
+    mb_client_destroy(other);
+
+    /* The control: the same with no_echo off hears itself. */
+    mb_client_destroy(F.c);
+    F.c = NULL;
+    o.no_echo = false;
+    create_client(&o);
+    rec_init(&self);
+    assert_int_equal(
+        mb_client_subscribe(F.c, "events.game_tick", NULL, rec_handler, &self, NULL, NULL), MB_OK);
+    assert_int_equal(mb_client_flush(F.c, 2000, NULL), MB_OK);
+    assert_int_equal(pub_event("events.game_tick", 12, NULL, NULL), MB_OK);
+    assert_true(wait_count(&self.count, 1, 5000));
+    assert_int_equal(self.seq[0], 12);
+}
+
 static void test_unsubscribe(void **state)
 {
     (void)state;
@@ -1343,6 +1400,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_roundtrip_validation_dlq, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ordering_pool4, setup, teardown),
         cmocka_unit_test_setup_teardown(test_request_reply, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_echo, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unsubscribe, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unsubscribe_under_flow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_group, setup, teardown),

@@ -818,6 +818,7 @@ static const char all_keys[] = "[nats]\n"
                                "breaker_window = 200\n"
                                "breaker_half_open_calls = 7\n"
                                "poll_mode = on\n"
+                               "no_echo = on\n"
                                "dispatch_queue_max = 2000\n"
                                "sub_pending_msgs = 1000\n"
                                "sub_pending_bytes = 16MiB\n"
@@ -890,6 +891,7 @@ static void test_client_opts_every_key(void **state)
     assert_int_equal(o.breaker.window_size, 200);
     assert_int_equal(o.breaker.half_open_calls, 7);
     assert_true(o.poll_mode);
+    assert_true(o.no_echo);
     assert_int_equal(o.dispatch_queue_max, 2000);
     assert_int_equal(o.sub_pending_msgs, 1000);
     assert_int_equal(o.sub_pending_bytes, 16 << 20);
@@ -1132,6 +1134,7 @@ static void test_client_opts_bad_values(void **state)
         {"MUDBUS_NATS_BREAKER_HALF_OPEN_CALLS=10001", "[nats] breaker_half_open_calls"},
         {"MUDBUS_NATS_MAX_PAYLOAD=65MiB", "\"65MiB\" is out of range (1B to 64MiB)"},
         {"MUDBUS_NATS_POLL_MODE=2", "[nats] poll_mode"},
+        {"MUDBUS_NATS_NO_ECHO=sometimes", "[nats] no_echo"},
         {"MUDBUS_NATS_HEALTH_TIMEOUT=10s",
          "[nats] health_timeout (env MUDBUS_NATS_HEALTH_TIMEOUT): 10000ms is longer than "
          "health_interval (5000ms)"},

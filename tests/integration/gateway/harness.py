@@ -278,6 +278,29 @@ class NatsPub:
                 self.sock.sendall(b"UNSUB 1\r\n")
                 return body
 
+    def subscribe(self, subject, sid=7):
+        """Subscribe (and flush); read what comes with next_msg. Use a NatsPub that only
+        listens after this: publish and request do not expect messages in between."""
+        self.sock.sendall(b"SUB %s %d\r\nPING\r\n" % (subject.encode(), sid))
+        self._pong()
+
+    def next_msg(self, timeout=5.0):
+        """The next message of a subscription: (subject, payload as bytes)."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                ln = self.f.readline()
+                if not ln:
+                    raise RuntimeError("NATS connection closed")
+                if ln.startswith(b"PING"):
+                    self.sock.sendall(b"PONG\r\n")
+                elif ln.startswith(b"MSG "):
+                    parts = ln.split()
+                    n = int(parts[-1])
+                    return parts[1].decode(), self.f.read(n + 2)[:n]
+        finally:
+            self.sock.settimeout(5)
+
     def close(self):
         try:
             self.sock.close()

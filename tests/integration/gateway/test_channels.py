@@ -3,10 +3,11 @@
 (plus gw-b for "everyone online"), join events, welcome, ping and sequence numbers."""
 
 import asyncio
+import json
 import unittest
 
-from harness import (QUIET, START_ROOM, Gateway, GatewayTestCase, brief, gw_b, gw_main, metric,
-                     shared, shared_nats, uid, uniq_room, wait_metric)
+from harness import (QUIET, RACE_ENV, START_ROOM, Gateway, GatewayTestCase, NatsPub, brief, gw_b,
+                     gw_main, metric, shared, shared_nats, uid, uniq_room, wait_metric)
 
 
 ATTEMPTS = 40  # the race tests: attempts (each takes a few ms unless it fails)
@@ -280,12 +281,23 @@ def gw_no_fanout():
     return shared("gw-nofanout", make)
 
 
-class LocalFanoutTests(OnceTestCase):
-    """Chat published by a player of this gateway goes to its players at once (local fan-out);
-    the copy NATS brings back is dropped, players on other gateways get it through NATS."""
+def gw_echo():
+    """Local fan-out with [nats] no_echo = off: NATS brings the gateway's own messages back and
+    they are dropped by id (what a pool of several connections does to part of them)."""
+    def make():
+        return Gateway("echo", [shared_nats().url], instance_id="gw-echo", env=RACE_ENV,
+                       config={"nats": {"no_echo": "off"}}).start()
+    return shared("gw-echo", make)
 
-    async def test_each_player_gets_one_copy_and_the_nats_copy_is_dropped(self):
-        gw, other = gw_main(), gw_b()
+
+class LocalFanoutTests(OnceTestCase):
+    """What a player of this gateway publishes (chat, presence, whispers and system messages to
+    players here) goes to its players at once (local fan-out); players on other gateways get it
+    through NATS. By default the server sends none of it back (no_echo on the gateway's one
+    connection); a copy that does come back is dropped by its message id."""
+
+    async def chat_once(self, gw, echoes):
+        other = gw_b()
         fan0 = await metric(gw, "mudbus_gateway_local_fanouts_total")
         drop0 = await metric(gw, "mudbus_gateway_echoes_dropped_total")
         room = uniq_room()
@@ -305,14 +317,101 @@ class LocalFanoutTests(OnceTestCase):
             self.assertEqual(fb["data"]["timestamp"], fc["data"]["timestamp"],
                              "the local copy carries the published timestamp")
             self.assertEqual(fb["data"]["message"], fc["data"]["message"], "the same formatted line")
-        # Every copy from NATS came back and was dropped; nobody got a second copy.
-        self.assertGreaterEqual(await wait_metric(gw, "mudbus_gateway_echoes_dropped_total", drop0 + 5),
-                                drop0 + 5, "the NATS copies of the 5 messages are dropped")
-        self.assertGreaterEqual(await metric(gw, "mudbus_gateway_local_fanouts_total"), fan0 + 5)
+        if echoes:
+            self.assertGreaterEqual(await wait_metric(gw, "mudbus_gateway_echoes_dropped_total",
+                                                      drop0 + echoes),
+                                    drop0 + echoes, "the NATS copies of the messages are dropped")
         await asyncio.sleep(QUIET)
+        self.assertGreaterEqual(await metric(gw, "mudbus_gateway_local_fanouts_total"), fan0 + 5)
         for content in sent:
             for cl in (a, b, c):
                 self.assertOnce(cl, content)
+        return drop0
+
+    async def test_chat_once_and_nothing_comes_back(self):
+        gw = gw_main()
+        drop0 = await self.chat_once(gw, 0)
+        self.assertEqual(await metric(gw, "mudbus_gateway_echoes_dropped_total"), drop0,
+                         "no_echo: the server sent none of the gateway's own chat back")
+
+    async def test_chat_copies_from_nats_are_dropped(self):
+        await self.chat_once(gw_echo(), 5)
+
+    async def presence_once(self, gw):
+        r1, r2 = uniq_room(), uniq_room()
+        o = await self.connect(gw, "Olive", room=r1)       # here
+        p = await self.connect(gw_b(), "Pavel", room=r1)   # on another gateway
+        q = await self.connect(gw, "Quinn", room=r2)
+        x = await self.connect(gw, "Xena", room=r1)
+        await x.ok("join", room_id=r2)
+        await x.close()
+        for cl, want in ((o, {"player_entered": r1, "player_left": r1}),
+                         (p, {"player_entered": r1, "player_left": r1}),
+                         (q, {"player_entered": r2, "player_left": r2})):
+            for ev, room in want.items():
+                await cl.expect(ev, player_id=x.player_id, room_id=room)
+        await asyncio.sleep(QUIET)
+        for cl in (o, p, q):
+            for ev in ("player_entered", "player_left"):
+                got = cl.matching(ev, player_id=x.player_id)
+                self.assertEqual(len(got), 1, "%s: %d %s frames for one move: %s"
+                                 % (cl.label, len(got), ev, [brief(f) for f in got]))
+        # The mover hears of its own arrival (as through NATS), not of its leaving.
+        self.assertEqual(len(x.matching("player_entered", player_id=x.player_id, room_id=r2)), 1)
+        self.assertEqual(x.matching("player_left", player_id=x.player_id), [])
+
+    async def test_presence_once(self):
+        await self.presence_once(gw_main())
+
+    async def test_presence_copies_from_nats_are_dropped(self):
+        gw = gw_echo()
+        drop0 = await metric(gw, "mudbus_gateway_echoes_dropped_total")
+        await self.presence_once(gw)
+        # joins: r1 entered (welcome), r1 left + r2 entered (join), r2 left (close)
+        self.assertGreaterEqual(await metric(gw, "mudbus_gateway_echoes_dropped_total"), drop0 + 4)
+
+    async def whisper_here(self, gw):
+        room = uniq_room()
+        a = await self.connect(gw, "Alice", room=room)
+        b = await self.connect(gw, "Bob", room=room)
+        x = await self.connect(gw, "Admin", room=room, adm=True)
+        c = await self.connect(gw_b(), "Carol", room=room)
+        watch = NatsPub(shared_nats().url)  # a game server listening to whispers
+        self.addCleanup(watch.close)
+        await asyncio.to_thread(watch.subscribe, "chat.whisper.player.%s" % b.player_id)
+        w = "psst %s" % uid()
+        ack = await a.ok("whisper", target=b.player_id, content=w)
+        got = await b.chat(w, channel="whisper")
+        self.assertEqual(got["data"]["message"], "Alice whispers to you: " + w, brief(got))
+        self.assertEqual(got["data"]["message_id"], ack["data"]["message_id"])
+        await a.chat(w, echo=True, message="Alice whispers: " + w)
+        subject, payload = await asyncio.to_thread(watch.next_msg)
+        self.assertEqual(subject, "chat.whisper.player.%s" % b.player_id)
+        self.assertEqual(json.loads(payload)["content"], w, payload)
+        sysline = "maintenance %s" % uid()
+        await x.ok("system", target=b.player_id, content=sysline)
+        await b.chat(sysline, channel="system")
+        broadcast = "everyone %s" % uid()
+        await x.ok("system", content=broadcast)
+        for cl in (a, b, c):
+            await cl.chat(broadcast, channel="system")
+        await x.chat(broadcast, echo=True)
+        await asyncio.sleep(QUIET)
+        self.assertOnce(b, w)
+        self.assertOnce(a, w)
+        self.assertOnce(b, sysline)
+        for cl in (a, b, c, x):
+            self.assertOnce(cl, broadcast)
+        for cl in (a, c, x):
+            self.assertEqual(cl.matching("chat_message", content=sysline), [], cl.label)
+        for cl in (c, x):
+            self.assertEqual(cl.matching("chat_message", content=w), [], cl.label)
+
+    async def test_whisper_and_system_here_once(self):
+        await self.whisper_here(gw_main())
+
+    async def test_whisper_and_system_here_once_when_echoed(self):
+        await self.whisper_here(gw_echo())
 
     async def test_off_delivers_through_nats(self):
         gw = gw_no_fanout()
