@@ -315,7 +315,10 @@ void lg_report(const lg_run *r)
                     busy_quantile(&r->busy0, &r->busy1, 0.99) * 1e3,
                     busy_quantile(&r->busy0, &r->busy1, 0.999) * 1e3,
                     busy_quantile(&r->busy0, &r->busy1, 1.0) * 1e3);
-        if (r->wait0.count >= 0 && r->wait1.count >= 0)
+        if (r->wait0.count >= 0 && r->wait1.count == r->wait0.count)
+            fprintf(out, "  dispatch  no NATS deliveries in the window (the gateway's own "
+                         "messages do not come back)\n");
+        else if (r->wait0.count >= 0 && r->wait1.count >= 0)
             fprintf(out,
                     "  dispatch  %.0f NATS deliveries in the window; their wait in the poll-mode "
                     "queue, ms (bucket upper bounds): p50 %.3f p99 %.3f p99.9 %.3f max %.3f\n",

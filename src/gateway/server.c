@@ -1027,7 +1027,6 @@ int gw_server_run(gw_config *cfg)
     mb_client_opts *no = &cfg->nats;
     no->poll_mode = true;
     no->shared_delivery = true;
-    no->send_asap = true;
     no->start_disconnected = true;
     no->metrics = g->metrics;
     no->log = nats_log;
