@@ -15,7 +15,7 @@
  *       pending message was added; since max_delay is the same for all, the
  *       first record that is not being flushed is the next one due;
  *     - ready: records whose pending list reached max_messages or max_bytes
- *       (or holds the rest of a batch that was cut at those limits);
+ *       (what stays after a claim is ready again only if it is that full);
  *     - busy: records being flushed, with the lowest sequence number of the
  *       messages in flight.
  *   A record with no pending message and no flush in progress is freed, so
@@ -225,9 +225,8 @@ static void count_disposition(mb_batch *b, mb_status st, mb_publish_disposition 
 /* Take up to max_n messages (and up to the first that reaches max_bytes;
  * always at least one) off q's pending list as its in-flight batch and mark q
  * busy. Lock held; q has pending messages and is not flushing. A remainder
- * stays pending and q stays (or becomes) ready, so that the flusher takes it
- * next; the age list may then be out of order at q, which only delays other
- * batches by what it takes to flush q. */
+ * stays pending, ready only if it is a full batch itself, and keeps q's place
+ * in the age list. */
 static void claim(mb_batch *b, sq *q, size_t max_n, size_t max_bytes, int reason)
 {
     bmsg *first = q->head, *last = first;
@@ -250,15 +249,18 @@ static void claim(mb_batch *b, sq *q, size_t max_n, size_t max_bytes, int reason
     q->inflight_reason = reason;
     q->flushing = true;
     list_append(&b->busy, &q->busy);
-    if (q->count == 0) {
+    if (q->count == 0)
         list_remove(&q->age);
-        if (q->in_ready) {
-            list_remove(&q->ready);
-            q->in_ready = false;
-        }
-    } else if (!q->in_ready) {
+    /* What stays is ready only if it is a full batch itself; otherwise it
+     * waits for more or for the delay (counted from the oldest message that
+     * was pending before the claim: never later than its own). */
+    bool full = q->count >= b->o.max_messages || q->bytes >= b->o.max_bytes;
+    if (full && !q->in_ready) {
         list_append(&b->ready, &q->ready);
         q->in_ready = true;
+    } else if (!full && q->in_ready) {
+        list_remove(&q->ready);
+        q->in_ready = false;
     }
 }
 
