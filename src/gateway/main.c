@@ -30,6 +30,7 @@ int main(int argc, char **argv)
         gw_config_free(&cfg);
         return 2;
     }
+    gw_fd_table_presize(cfg.max_connections); /* while there is one thread (listener.c) */
     rc = gw_server_run(&cfg);
     gw_config_free(&cfg);
     return rc;

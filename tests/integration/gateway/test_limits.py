@@ -152,6 +152,26 @@ class AdmissionTests(GatewayTestCase):
         self.assertGreater(await metric(gw, "mudbus_gateway_loop_busy_seconds_count"), 0)
 
 
+class DescriptorTableTests(GatewayTestCase):
+    async def test_descriptor_table_is_grown_at_start(self):
+        """The kernel doubles a process's descriptor table when a descriptor past its end is
+        allocated, and in a process with several threads each doubling waits for an RCU grace
+        period (8-20 ms on a VM), inside accept() on the loop. The gateway grows the table once
+        at start, for max_connections and a margin, up to its open-file limit."""
+        gw = Gateway("fdtable", [shared_nats().url], instance_id="gw-fdtable",
+                     config={"gateway": {"max_connections": 3000}}).start()
+        self.addCleanup(gw.stop)
+        await self.connect(gw, "Alice")
+        with open("/proc/%d/limits" % gw.proc.pid) as f:
+            soft = int(next(ln for ln in f if ln.startswith("Max open files")).split()[3])
+        with open("/proc/%d/status" % gw.proc.pid) as f:
+            size = int(next(ln for ln in f if ln.startswith("FDSize:")).split()[1])
+        want = min(3000 + 256, soft - 1) + 1
+        self.assertGreaterEqual(size, want, "FDSize %d: the table was not grown at start" % size)
+        with open("/proc/%d/status" % gw.proc.pid) as f:
+            self.assertGreater(int(next(ln for ln in f if ln.startswith("Threads:")).split()[1]), 1)
+
+
 def gw_lobby(presence):
     """A gateway with a start room of its own, presence there on or left at its default (off)."""
     def make():
