@@ -152,6 +152,31 @@ class AdmissionTests(GatewayTestCase):
         self.assertGreater(await metric(gw, "mudbus_gateway_loop_busy_seconds_count"), 0)
 
 
+def thread_policies(pid):
+    """{tid: scheduling policy} of a process's threads (0 SCHED_OTHER, 3 SCHED_BATCH)."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue  # ended meanwhile
+        out[int(tid)] = int(fields[38])  # field 41 of stat(5), counted after "(comm)"
+    return out
+
+
+class ProcessSetupTests(GatewayTestCase):
+    async def test_loop_runs_normal_and_helpers_batch(self):
+        """The helper threads (workers, libmudbus's and nats.c's) are SCHED_BATCH, so that
+        waking one does not preempt the loop thread; the loop thread stays SCHED_OTHER."""
+        gw = gw_main()
+        await self.connect(gw, "Alice", room=uniq_room())
+        pol = thread_policies(gw.proc.pid)
+        self.assertEqual(pol.get(gw.proc.pid), 0, "the loop thread: %s" % pol)
+        batch = [t for t, p in pol.items() if p == 3]
+        # at least the two worker pools (4 threads each by default) and the NATS client's thread
+        self.assertGreaterEqual(len(batch), 9, pol)
+
 class DescriptorTableTests(GatewayTestCase):
     async def test_descriptor_table_is_grown_at_start(self):
         """The kernel doubles a process's descriptor table when a descriptor past its end is
