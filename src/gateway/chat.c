@@ -6,8 +6,12 @@
  *
  * Publishing never blocks the loop: chat goes out with mb_client_publish_*
  * (no_retry: a failure is answered `unavailable` at once and nothing is
- * sent); a whisper is a NATS request, run on a worker thread, so that "no
- * responders" tells us the target is offline.
+ * sent); a whisper to a player elsewhere is a NATS request, run on a worker
+ * thread, so that "no responders" tells us the target is offline. What the
+ * gateway publishes for its own players (chat, presence, system messages,
+ * whispers to players here) is delivered here when published (local fan-out):
+ * nats-server does not send it back (no_echo), and a copy that does come
+ * back is dropped by its id (sent.c).
  */
 #include <jansson.h>
 #include <stdio.h>

@@ -968,8 +968,9 @@ static bool stats_create(gw *g)
                               "players when published here, without waiting for NATS",
                               NULL, &st->local_fanouts, &err) == MB_OK &&
            mb_metrics_counter(m, "mudbus_gateway_echoes_dropped_total",
-                              "Copies of locally delivered messages that NATS brought back (on "
-                              "another pool connection than the publish), not delivered again",
+                              "Copies of locally delivered messages that NATS brought back "
+                              "(no_echo off, or a pool of several connections), not delivered "
+                              "again",
                               NULL, &st->echoes_dropped, &err) == MB_OK &&
            mb_metrics_counter(m, "mudbus_gateway_sent_evicted_total",
                               "Ids of locally delivered messages forgotten before a copy came "
