@@ -323,9 +323,8 @@ void gw_send_error(gw *g, gw_sess *s, const char *id, gw_err_code code, const ch
 
 /* ---- listener.c ---- */
 /* Grow the descriptor table to hold `conns` connections and a margin, up to
- * the open-file limit; call before any thread starts. Returns the size
- * asked for (0: not done). */
-size_t gw_fd_table_presize(size_t conns);
+ * the open-file limit (best effort); call before any thread starts. */
+void gw_fd_table_presize(size_t conns);
 /* Bind and listen on [gateway] listen (sets listen_fd and listen_port), or
  * false with the reason in msg. */
 bool gw_listener_open(gw *g, char *msg, size_t cap);

@@ -101,11 +101,11 @@ static void on_listen(uv_poll_t *p, int status, int events)
     mb_counter_add(g->st.accept_deferred, 1);
 }
 
-size_t gw_fd_table_presize(size_t conns)
+void gw_fd_table_presize(size_t conns)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur <= FD_MARGIN)
-        return 0;
+        return;
     rlim_t want = (rlim_t)conns + FD_MARGIN;
     if (want > rl.rlim_cur - 1)
         want = rl.rlim_cur - 1;
@@ -113,12 +113,11 @@ size_t gw_fd_table_presize(size_t conns)
         want = INT32_MAX;
     int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return 0;
+        return;
     int hi = fcntl(fd, F_DUPFD_CLOEXEC, (int)want); /* the lowest free one from `want` on */
     if (hi >= 0)
         close(hi);
     close(fd);
-    return hi >= 0 ? (size_t)want + 1 : 0;
 }
 
 bool gw_listener_open(gw *g, char *msg, size_t cap)
